@@ -1,0 +1,323 @@
+// Package commands owns the write path: command types and their validation,
+// the pure decide step (state + command + policy decision → receipt or
+// rejection), the processor that is the single writer of each tenant's
+// receipts, and the HTTP command API.
+//
+// It must not read projections; everything it needs to decide lives in the
+// tenant state it rebuilds from companyos.events.v1.
+package commands
+
+import (
+	"bytes"
+	"encoding/json"
+	"errors"
+	"fmt"
+	"io"
+	"regexp"
+	"sort"
+	"strings"
+	"unicode/utf8"
+
+	"github.com/companyos/companyos/internal/httpx"
+)
+
+// Command types.
+const (
+	TypeEntityCreate   = "entity.create"
+	TypeEntityUpdate   = "entity.update"
+	TypeEntityDelete   = "entity.delete"
+	TypeRelationLink   = "relation.link"
+	TypeRelationUnlink = "relation.unlink"
+)
+
+// Types lists every command type the processor accepts.
+var Types = []string{TypeEntityCreate, TypeEntityUpdate, TypeEntityDelete, TypeRelationLink, TypeRelationUnlink}
+
+// Limits on command input. Bodies larger than MaxBodyBytes are refused by the
+// HTTP layer before decoding.
+const (
+	MaxBodyBytes   = 64 << 10
+	MaxAttrs       = 64
+	MaxAttrsBytes  = 16 << 10
+	MaxIDLen       = 256
+	MaxAttrListLen = 64
+	MaxStringLen   = 1024
+)
+
+var (
+	tenantRe   = regexp.MustCompile(`^[a-z0-9][a-z0-9-]{0,62}$`)
+	entityIDRe = regexp.MustCompile(`^[a-z][a-z0-9_-]{0,31}:[A-Za-z0-9._\-/@*]+$`)
+	kindRe     = regexp.MustCompile(`^[a-z][a-z0-9_]{0,31}$`)
+	relRe      = regexp.MustCompile(`^[a-z][a-z0-9_]{0,63}$`)
+	attrKeyRe  = regexp.MustCompile(`^[a-z][a-z0-9_]{0,63}$`)
+)
+
+// Command is the body of POST /v1/commands.
+type Command struct {
+	Tenant          string          `json:"tenant"`
+	Type            string          `json:"type"`
+	ExpectedVersion *uint64         `json:"expected_version,omitempty"`
+	Payload         json.RawMessage `json:"payload"`
+}
+
+// EntityCreate is the payload of entity.create.
+type EntityCreate struct {
+	ID    string         `json:"id"`
+	Kind  string         `json:"kind"`
+	Attrs map[string]any `json:"attrs,omitempty"`
+}
+
+// EntityUpdate is the payload of entity.update: a JSON merge patch of the
+// attributes (a null value removes the attribute).
+type EntityUpdate struct {
+	ID    string         `json:"id"`
+	Attrs map[string]any `json:"attrs"`
+}
+
+// EntityDelete is the payload of entity.delete. Without Cascade an entity that
+// still has relations is not deleted (409); with it, its relations are
+// unlinked by the same receipt.
+type EntityDelete struct {
+	ID      string `json:"id"`
+	Cascade bool   `json:"cascade,omitempty"`
+}
+
+// RelationChange is the payload of relation.link and relation.unlink.
+// Relation types are data: any name matching ^[a-z][a-z0-9_]{0,63}$.
+type RelationChange struct {
+	From string `json:"from"`
+	Rel  string `json:"rel"`
+	To   string `json:"to"`
+}
+
+// FieldError is one invalid field; Field is a JSON path such as
+// "payload.attrs.region".
+type FieldError = httpx.FieldError
+
+// ValidationError lists every invalid field of a command.
+type ValidationError struct {
+	Errors []FieldError
+}
+
+func (e *ValidationError) Error() string {
+	parts := make([]string, len(e.Errors))
+	for i, fe := range e.Errors {
+		parts[i] = fe.Field + ": " + fe.Detail
+	}
+	return "invalid command: " + strings.Join(parts, "; ")
+}
+
+func (e *ValidationError) add(field, format string, args ...any) {
+	e.Errors = append(e.Errors, FieldError{Field: field, Detail: fmt.Sprintf(format, args...)})
+}
+
+func (e *ValidationError) err() error {
+	if len(e.Errors) == 0 {
+		return nil
+	}
+	return e
+}
+
+// strictUnmarshal decodes exactly one JSON value into v, refusing unknown
+// fields and trailing data.
+func strictUnmarshal(data []byte, v any) error {
+	dec := json.NewDecoder(bytes.NewReader(data))
+	dec.DisallowUnknownFields()
+	dec.UseNumber()
+	if err := dec.Decode(v); err != nil {
+		return err
+	}
+	if _, err := dec.Token(); !errors.Is(err, io.EOF) {
+		return errors.New("unexpected data after the JSON value")
+	}
+	return nil
+}
+
+// jsonFieldError turns a decoder error into a FieldError naming the field.
+func jsonFieldError(prefix string, err error) FieldError {
+	field := prefix
+	var ute *json.UnmarshalTypeError
+	var se *json.SyntaxError
+	msg := err.Error()
+	switch {
+	case errors.As(err, &ute):
+		if ute.Field != "" {
+			field = joinField(prefix, ute.Field)
+		}
+		msg = fmt.Sprintf("must be %s, got JSON %s", ute.Type.String(), ute.Value)
+	case errors.As(err, &se):
+		msg = fmt.Sprintf("malformed JSON at byte %d: %v", se.Offset, se)
+	case strings.HasPrefix(msg, "json: unknown field "):
+		name := strings.Trim(strings.TrimPrefix(msg, "json: unknown field "), `"`)
+		field = joinField(prefix, name)
+		msg = "unknown field"
+	}
+	if field == "" {
+		field = "body"
+	}
+	return FieldError{Field: field, Detail: msg}
+}
+
+func joinField(prefix, name string) string {
+	if prefix == "" {
+		return name
+	}
+	return prefix + "." + name
+}
+
+// DecodeCommand strictly decodes and validates a command body. The returned
+// error is a *ValidationError naming each bad field.
+func DecodeCommand(body []byte) (Command, error) {
+	var c Command
+	if !utf8.Valid(body) {
+		return c, &ValidationError{Errors: []FieldError{{Field: "body", Detail: "not valid UTF-8"}}}
+	}
+	if err := strictUnmarshal(body, &c); err != nil {
+		return c, &ValidationError{Errors: []FieldError{jsonFieldError("", err)}}
+	}
+	if _, err := c.Validate(); err != nil {
+		return c, err
+	}
+	return c, nil
+}
+
+// Validate checks the envelope and decodes the typed payload, which it returns
+// (*EntityCreate, *EntityUpdate, *EntityDelete or *RelationChange).
+func (c Command) Validate() (any, error) {
+	ve := &ValidationError{}
+	if c.Tenant == "" {
+		ve.add("tenant", "required")
+	} else if !tenantRe.MatchString(c.Tenant) {
+		ve.add("tenant", "must match %s", tenantRe)
+	}
+	var payload any
+	switch c.Type {
+	case TypeEntityCreate:
+		payload = &EntityCreate{}
+	case TypeEntityUpdate:
+		payload = &EntityUpdate{}
+	case TypeEntityDelete:
+		payload = &EntityDelete{}
+	case TypeRelationLink, TypeRelationUnlink:
+		payload = &RelationChange{}
+		if c.ExpectedVersion != nil {
+			ve.add("expected_version", "applies to entity commands only")
+		}
+	case "":
+		ve.add("type", "required")
+	default:
+		ve.add("type", "unknown command type %q (one of %s)", c.Type, strings.Join(Types, ", "))
+	}
+	if payload == nil {
+		return nil, ve.err()
+	}
+	if len(c.Payload) == 0 || string(c.Payload) == "null" {
+		ve.add("payload", "required")
+		return nil, ve
+	}
+	if err := strictUnmarshal(c.Payload, payload); err != nil {
+		ve.Errors = append(ve.Errors, jsonFieldError("payload", err))
+		return nil, ve
+	}
+	switch p := payload.(type) {
+	case *EntityCreate:
+		validateEntityID(ve, "payload.id", p.ID)
+		if p.Kind == "" {
+			ve.add("payload.kind", "required")
+		} else if !kindRe.MatchString(p.Kind) {
+			ve.add("payload.kind", "must match %s", kindRe)
+		}
+		validateAttrs(ve, "payload.attrs", p.Attrs, false)
+	case *EntityUpdate:
+		validateEntityID(ve, "payload.id", p.ID)
+		if len(p.Attrs) == 0 {
+			ve.add("payload.attrs", "required: the attribute patch must change at least one attribute")
+		}
+		validateAttrs(ve, "payload.attrs", p.Attrs, true)
+	case *EntityDelete:
+		validateEntityID(ve, "payload.id", p.ID)
+	case *RelationChange:
+		validateEntityID(ve, "payload.from", p.From)
+		validateEntityID(ve, "payload.to", p.To)
+		if p.Rel == "" {
+			ve.add("payload.rel", "required")
+		} else if !relRe.MatchString(p.Rel) {
+			ve.add("payload.rel", "must match %s", relRe)
+		}
+	}
+	if err := ve.err(); err != nil {
+		return nil, err
+	}
+	return payload, nil
+}
+
+func validateEntityID(ve *ValidationError, field, id string) {
+	switch {
+	case id == "":
+		ve.add(field, "required")
+	case len(id) > MaxIDLen:
+		ve.add(field, "longer than %d bytes", MaxIDLen)
+	case strings.Contains(id, "*"):
+		ve.add(field, "must not contain '*' (reserved for queries)")
+	case !entityIDRe.MatchString(id):
+		ve.add(field, "must look like <prefix>:<name>, e.g. svc:A (pattern %s)", entityIDRe)
+	}
+}
+
+// validateAttrs accepts strings, numbers, booleans and lists of those; in a
+// patch, null removes the attribute.
+func validateAttrs(ve *ValidationError, field string, attrs map[string]any, patch bool) {
+	if len(attrs) > MaxAttrs {
+		ve.add(field, "at most %d attributes, got %d", MaxAttrs, len(attrs))
+		return
+	}
+	keys := make([]string, 0, len(attrs))
+	for k := range attrs {
+		keys = append(keys, k)
+	}
+	sort.Strings(keys)
+	size := 0
+	for _, k := range keys {
+		f := field + "." + k
+		if !attrKeyRe.MatchString(k) {
+			ve.add(f, "attribute name must match %s", attrKeyRe)
+			continue
+		}
+		size += len(k)
+		switch v := attrs[k].(type) {
+		case nil:
+			if !patch {
+				ve.add(f, "null is only allowed in entity.update (it removes the attribute)")
+			}
+		case string:
+			size += len(v)
+			if len(v) > MaxStringLen {
+				ve.add(f, "string longer than %d bytes", MaxStringLen)
+			}
+		case json.Number, bool:
+			size += 8
+		case []any:
+			if len(v) > MaxAttrListLen {
+				ve.add(f, "list longer than %d items", MaxAttrListLen)
+			}
+			for i, item := range v {
+				switch iv := item.(type) {
+				case string:
+					size += len(iv)
+					if len(iv) > MaxStringLen {
+						ve.add(fmt.Sprintf("%s[%d]", f, i), "string longer than %d bytes", MaxStringLen)
+					}
+				case json.Number, bool:
+					size += 8
+				default:
+					ve.add(fmt.Sprintf("%s[%d]", f, i), "list items must be strings, numbers or booleans")
+				}
+			}
+		default:
+			ve.add(f, "must be a string, number, boolean or a list of those")
+		}
+	}
+	if size > MaxAttrsBytes {
+		ve.add(field, "attributes total %d bytes, limit %d", size, MaxAttrsBytes)
+	}
+}

@@ -1,0 +1,63 @@
+package commands
+
+import (
+	"crypto/rand"
+	"crypto/sha256"
+	"encoding/hex"
+	"encoding/json"
+	"time"
+
+	"github.com/companyos/companyos/internal/httpx"
+)
+
+// Request is the value of a companyos.commands.v1 record: one accepted
+// command, with who sent it, waiting for the processor's decision.
+type Request struct {
+	// RequestID names this HTTP request; the reply carries it back.
+	RequestID string `json:"request_id"`
+	// CommandID identifies the command: derived from the Idempotency-Key when
+	// one is given (so retries collapse), random otherwise.
+	CommandID      string    `json:"command_id"`
+	IdempotencyKey string    `json:"idempotency_key,omitempty"`
+	Principal      Principal `json:"principal"`
+	ReceivedAt     time.Time `json:"received_at"`
+	// Command is the validated command in its canonical (compact) bytes; the
+	// receipt embeds the same bytes and evidence_hash is their hash.
+	Command json.RawMessage `json:"command"`
+}
+
+// Reply is the value of a companyos.replies.v1 record: the processor's answer
+// to one Request, read by the API instance that is waiting for it.
+type Reply struct {
+	RequestID   string         `json:"request_id"`
+	CommandID   string         `json:"command_id"`
+	Status      int            `json:"status"`
+	ReceiptID   string         `json:"receipt_id,omitempty"`
+	Decision    string         `json:"decision,omitempty"`
+	Seq         uint64         `json:"seq,omitempty"`
+	Version     uint64         `json:"version,omitempty"`
+	Consistency string         `json:"consistency,omitempty"`
+	Replayed    bool           `json:"replayed,omitempty"`
+	Problem     *httpx.Problem `json:"problem,omitempty"`
+}
+
+// CommandIDFor derives the command id of an idempotent request: the same
+// tenant, principal and key always name the same command.
+func CommandIDFor(tenant, principal, idempotencyKey string) string {
+	sum := sha256.Sum256([]byte("companyos.command.v1\x00" + tenant + "\x00" + principal + "\x00" + idempotencyKey))
+	return "cmd_" + hex.EncodeToString(sum[:16])
+}
+
+// RandomID returns prefix + 32 random hex digits.
+func RandomID(prefix string) string {
+	var b [16]byte
+	_, _ = rand.Read(b[:])
+	return prefix + hex.EncodeToString(b[:])
+}
+
+// ReceiptIDFor is the receipt id of a command: deterministic, so a command
+// can never be receipted under two ids.
+func ReceiptIDFor(commandID string) string {
+	sum := sha256.Sum256([]byte("companyos.receipt.v1\x00" + commandID))
+	return "rcpt_" + hex.EncodeToString(sum[:16])
+}

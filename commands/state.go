@@ -1,0 +1,161 @@
+package commands
+
+import (
+	"bytes"
+	"encoding/json"
+	"fmt"
+	"maps"
+	"net/http"
+
+	"github.com/companyos/companyos/events"
+)
+
+// Outcome is what the processor remembers of a decided command, so that a
+// retried command (same command id) gets the original answer and appends
+// nothing.
+type Outcome struct {
+	CommandID string `json:"command_id"`
+	ReceiptID string `json:"receipt_id"`
+	Decision  string `json:"decision"`
+	Seq       uint64 `json:"seq"`
+	Version   uint64 `json:"version,omitempty"`
+	// BodyHash is the receipt's evidence_hash: the hash of the command bytes.
+	BodyHash string `json:"body_hash"`
+	// Rationale is kept for replaying a deny.
+	Rationale json.RawMessage `json:"rationale,omitempty"`
+}
+
+// Status is the HTTP status of the outcome.
+func (o Outcome) Status() int {
+	if o.Decision == events.DecisionAllow {
+		return http.StatusCreated
+	}
+	return http.StatusForbidden
+}
+
+// TenantState is everything the processor needs to decide a tenant's next
+// command. It is rebuilt from the tenant's receipts and never read by
+// anything but the processor goroutine that owns the tenant's partition.
+type TenantState struct {
+	Tenant    string
+	Chain     events.Chain
+	Entities  map[string]*events.Entity
+	Relations map[events.Relation]struct{}
+	// touching indexes relations by both endpoints.
+	touching map[string]map[events.Relation]struct{}
+	Commands map[string]Outcome
+}
+
+// NewTenantState is the state of a tenant with no receipts.
+func NewTenantState(tenant string) *TenantState {
+	return &TenantState{
+		Tenant:    tenant,
+		Chain:     events.NewChain(),
+		Entities:  map[string]*events.Entity{},
+		Relations: map[events.Relation]struct{}{},
+		touching:  map[string]map[events.Relation]struct{}{},
+		Commands:  map[string]Outcome{},
+	}
+}
+
+// Entity returns a live (not deleted) entity.
+func (s *TenantState) Entity(id string) (*events.Entity, bool) {
+	e, ok := s.Entities[id]
+	if !ok || e.Deleted {
+		return nil, false
+	}
+	return e, true
+}
+
+// RelationsOf returns the relations that touch id, in no particular order.
+func (s *TenantState) RelationsOf(id string) []events.Relation {
+	out := make([]events.Relation, 0, len(s.touching[id]))
+	for r := range s.touching[id] {
+		out = append(out, r)
+	}
+	return out
+}
+
+// ApplyChange mutates the state by an allowed receipt's change.
+func (s *TenantState) ApplyChange(c *events.Change) error {
+	if c == nil {
+		return nil
+	}
+	switch c.Op {
+	case events.OpEntityPut, events.OpEntityDelete:
+		if c.Entity == nil {
+			return fmt.Errorf("commands: change %s without entity", c.Op)
+		}
+		for _, r := range c.Unlinked {
+			s.unlink(r)
+		}
+		e := *c.Entity
+		e.Attrs = maps.Clone(e.Attrs)
+		s.Entities[e.ID] = &e
+	case events.OpRelationLink:
+		if c.Relation == nil {
+			return fmt.Errorf("commands: change %s without relation", c.Op)
+		}
+		r := *c.Relation
+		s.Relations[r] = struct{}{}
+		for _, id := range []string{r.From, r.To} {
+			m := s.touching[id]
+			if m == nil {
+				m = map[events.Relation]struct{}{}
+				s.touching[id] = m
+			}
+			m[r] = struct{}{}
+		}
+	case events.OpRelationUnlink:
+		if c.Relation == nil {
+			return fmt.Errorf("commands: change %s without relation", c.Op)
+		}
+		s.unlink(*c.Relation)
+	default:
+		return fmt.Errorf("commands: unknown change op %q", c.Op)
+	}
+	return nil
+}
+
+func (s *TenantState) unlink(r events.Relation) {
+	delete(s.Relations, r)
+	for _, id := range []string{r.From, r.To} {
+		if m := s.touching[id]; m != nil {
+			delete(m, r)
+			if len(m) == 0 {
+				delete(s.touching, id)
+			}
+		}
+	}
+}
+
+// ApplyReceipt folds one receipt (as read back from the log) into the state:
+// it checks the hash chain, applies an allowed change and remembers the
+// command's outcome.
+func (s *TenantState) ApplyReceipt(r events.Receipt, payload []byte) error {
+	if err := s.Chain.Append(r, payload); err != nil {
+		return err
+	}
+	version := uint64(0)
+	if r.Decision == events.DecisionAllow && len(r.Change) > 0 && string(r.Change) != "null" {
+		var c events.Change
+		dec := json.NewDecoder(bytes.NewReader(r.Change))
+		dec.UseNumber()
+		if err := dec.Decode(&c); err != nil {
+			return fmt.Errorf("commands: receipt %s: change: %w", r.ID, err)
+		}
+		if err := s.ApplyChange(&c); err != nil {
+			return fmt.Errorf("commands: receipt %s: %w", r.ID, err)
+		}
+		if c.Entity != nil {
+			version = c.Entity.Version
+		}
+	}
+	o := Outcome{CommandID: r.CommandID, ReceiptID: r.ID, Decision: r.Decision, Seq: r.Seq,
+		Version: version, BodyHash: r.EvidenceHash}
+	if r.Decision == events.DecisionDeny {
+		o.Rationale = r.Rationale // only a replayed deny needs it
+	}
+	s.Commands[r.CommandID] = o
+	return nil
+}
