@@ -219,12 +219,12 @@ func New(ctx context.Context, cfg Config) (a *App, err error) {
 		return nil, err
 	}
 	a = &App{cfg: cfg, log: cfg.Logger, reg: prometheus.NewRegistry()}
-	defer func() {
+	defer func(built *App) { // a is already nil here when New returns (nil, err)
 		if err != nil {
-			a.close()
+			built.close()
 			a = nil
 		}
-	}()
+	}(a)
 	a.reg.MustRegister(collectors.NewGoCollector(), collectors.NewProcessCollector(collectors.ProcessCollectorOpts{}))
 	if err := os.MkdirAll(cfg.DataDir, 0o700); err != nil {
 		return nil, fmt.Errorf("--data-dir: %w", err)
