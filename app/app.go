@@ -321,7 +321,7 @@ func New(ctx context.Context, cfg Config) (a *App, err error) {
 		a.closers = append(a.closers, func() { _ = a.apiLn.Close() })
 	}
 
-	mmux := http.NewServeMux()
+	mmux := http.NewServeMux() // routes: TelemetryRoutes
 	mmux.Handle("GET /metrics", promhttp.HandlerFor(a.reg, promhttp.HandlerOpts{Registry: a.reg}))
 	mmux.HandleFunc("GET /healthz/live", func(w http.ResponseWriter, _ *http.Request) {
 		httpx.WriteJSON(w, http.StatusOK, map[string]string{"status": "live"})
@@ -449,6 +449,9 @@ func (a *App) readyz(w http.ResponseWriter, r *http.Request) {
 	}
 	httpx.WriteJSON(w, status, map[string]any{"ready": ok, "checks": checks})
 }
+
+// TelemetryRoutes are the routes served on --metrics-addr.
+var TelemetryRoutes = []string{"GET /metrics", "GET /healthz/live", "GET /healthz/ready"}
 
 // Brokers are the Kafka seed brokers in use.
 func (a *App) Brokers() []string { return a.brokers }
