@@ -268,6 +268,39 @@ func TestCommandAPI(t *testing.T) {
 		}
 	})
 
+	t.Run("batch", func(t *testing.T) {
+		body := `{"commands":[` + create("svc:b1") + `,` + create("svc:b2") +
+			`,{"tenant":"pilot-1","type":"relation.link","payload":{"from":"svc:b1","rel":"calls","to":"svc:b2"}},` + create("svc:A") + `]}`
+		r := s.do("POST", "/v1/commands/batch", s.admin, body, "Idempotency-Key", "batch-1")
+		expect(t, r, 200, "")
+		res := r.body["results"].([]any)
+		codes := []int{}
+		for _, it := range res {
+			codes = append(codes, int(it.(map[string]any)["status"].(float64)))
+		}
+		if fmt.Sprint(codes) != "[201 201 201 409]" || r.body["allowed"].(float64) != 3 || r.body["failed"].(float64) != 1 {
+			t.Fatalf("batch result %s", r.raw)
+		}
+		// Retried batch replays: same receipts, nothing appended.
+		again := s.do("POST", "/v1/commands/batch", s.admin, body, "Idempotency-Key", "batch-1")
+		expect(t, again, 200, "")
+		if again.body["results"].([]any)[2].(map[string]any)["receipt_id"] != res[2].(map[string]any)["receipt_id"] {
+			t.Fatalf("replay %s", again.raw)
+		}
+		// One invalid item rejects the whole batch, naming it; nothing is appended.
+		before := s.do("POST", "/v1/commands", s.admin, create("svc:before-bad-batch"))
+		bad := s.do("POST", "/v1/commands/batch", s.admin, `{"commands":[`+create("svc:b3")+`,{"tenant":"pilot-1","type":"entity.create","payload":{"id":"nocolon","kind":"service"}}]}`)
+		expect(t, bad, 422, "validation")
+		if errs := bad.body["errors"].([]any); errs[0].(map[string]any)["field"] != "commands[1].payload.id" {
+			t.Fatalf("errors %s", bad.raw)
+		}
+		after := s.do("POST", "/v1/commands", s.admin, create("svc:after-bad-batch"))
+		if seqOf(after) != seqOf(before)+1 {
+			t.Fatalf("a rejected batch appended receipts: seq %d after %d", seqOf(after), seqOf(before))
+		}
+		expect(t, s.do("POST", "/v1/commands/batch", s.admin, `{"commands":[]}`), 422, "validation")
+	})
+
 	t.Run("metrics", func(t *testing.T) {
 		resp, err := http.Get("http://" + s.app.MetricsAddr() + "/metrics")
 		if err != nil {

@@ -132,11 +132,12 @@ func NewAPI(cfg APIConfig) (*API, error) {
 }
 
 // Routes are the API's route patterns, for the OpenAPI contract test.
-var Routes = []string{"POST /v1/commands", "GET /v1/commands/{receipt_id}", "GET /v1/keys"}
+var Routes = []string{"POST /v1/commands", "POST /v1/commands/batch", "GET /v1/commands/{receipt_id}", "GET /v1/keys"}
 
 // Register mounts the routes on mux.
 func (a *API) Register(mux *http.ServeMux) {
 	mux.Handle("POST /v1/commands", a.cfg.Metrics.Instrument("/v1/commands", http.HandlerFunc(a.postCommand)))
+	mux.Handle("POST /v1/commands/batch", a.cfg.Metrics.Instrument("/v1/commands/batch", http.HandlerFunc(a.postBatch)))
 	mux.Handle("GET /v1/commands/{receipt_id}", a.cfg.Metrics.Instrument("/v1/commands/{receipt_id}", http.HandlerFunc(a.getCommand)))
 	mux.Handle("GET /v1/keys", a.cfg.Metrics.Instrument("/v1/keys", http.HandlerFunc(a.getKeys)))
 }
@@ -235,7 +236,7 @@ func (a *API) postCommand(w http.ResponseWriter, r *http.Request) {
 	a.wg.Add(1)
 	defer a.wg.Done()
 
-	body, err := readBody(w, r)
+	body, err := readBody(w, r, MaxBodyBytes)
 	if err != nil {
 		p := httpx.NewProblem(http.StatusRequestEntityTooLarge, "too-large", err.Error())
 		p.Errors = []FieldError{{Field: "body", Detail: err.Error()}}
@@ -338,8 +339,8 @@ type CommandResponse struct {
 	Replayed    bool   `json:"replayed,omitempty"`
 }
 
-func readBody(w http.ResponseWriter, r *http.Request) ([]byte, error) {
-	r.Body = http.MaxBytesReader(w, r.Body, MaxBodyBytes)
+func readBody(w http.ResponseWriter, r *http.Request, limit int64) ([]byte, error) {
+	r.Body = http.MaxBytesReader(w, r.Body, limit)
 	buf := make([]byte, 0, 512)
 	for {
 		if len(buf) == cap(buf) {
