@@ -10,6 +10,7 @@ import (
 	"errors"
 	"fmt"
 	"log/slog"
+	"io/fs"
 	"net"
 	"net/http"
 	"os"
@@ -33,6 +34,7 @@ import (
 	"github.com/companyos/companyos/internal/keyfile"
 	"github.com/companyos/companyos/internal/stores"
 	"github.com/companyos/companyos/policy"
+	"github.com/companyos/companyos/schemas"
 )
 
 // Mode selects where Kafka comes from.
@@ -84,6 +86,10 @@ type Config struct {
 	Burst          int
 	MaxInFlight    int
 	CommandTimeout time.Duration
+	// PolicyTimeout bounds one policy evaluation; exceeding it is a deny
+	// (fail closed). Default 1s: generous, because a deny caused by a busy
+	// machine would still be a signed, permanent receipt.
+	PolicyTimeout time.Duration
 	// ShutdownGrace bounds draining on shutdown. Default 15s.
 	ShutdownGrace time.Duration
 	Logger        *slog.Logger
@@ -125,6 +131,9 @@ func (c *Config) Defaults() {
 	}
 	if len(c.Roles) == 0 {
 		c.Roles = []string{"api", "processor"}
+	}
+	if c.PolicyTimeout <= 0 {
+		c.PolicyTimeout = time.Second
 	}
 	if c.ShutdownGrace <= 0 {
 		c.ShutdownGrace = 15 * time.Second
@@ -278,7 +287,11 @@ func New(ctx context.Context, cfg Config) (a *App, err error) {
 
 	httpMetrics := httpx.NewMetrics(a.reg)
 	if cfg.has("processor") {
-		engine, err := policy.Default(ctx)
+		bundle, err := fs.Sub(schemas.Policy, "policy")
+		if err != nil {
+			return nil, err
+		}
+		engine, err := policy.New(ctx, policy.Config{Bundle: bundle, Timeout: cfg.PolicyTimeout})
 		if err != nil {
 			return nil, fmt.Errorf("policy bundle: %w", err)
 		}

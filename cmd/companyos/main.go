@@ -34,6 +34,7 @@ Commands:
   dev       run everything on one machine with an embedded Kafka broker
   serve     run against an external Kafka cluster (--kafka-brokers)
   token     issue bearer tokens (dev): companyos token issue --help
+  fixture   load a generated company graph through the command API: companyos fixture graph --help
   version   print the version
 
 Every flag can also be set with an environment variable COMPANYOS_<NAME>,
@@ -57,6 +58,8 @@ func run(args []string, stdout, stderr io.Writer) int {
 		return runServer(app.ModeServe, args[1:], stderr)
 	case "token":
 		return runToken(args[1:], stdout, stderr)
+	case "fixture":
+		return runFixture(args[1:], stdout, stderr)
 	case "version", "--version":
 		fmt.Fprintln(stdout, "companyos", version)
 		return 0
@@ -129,6 +132,7 @@ func runServer(mode string, args []string, stderr io.Writer) int {
 	fs.IntVar(&cfg.Burst, "burst", 0, "token bucket size per tenant (default 2 × rate)")
 	fs.IntVar(&cfg.MaxInFlight, "max-inflight", 4096, "commands waiting for a decision before new ones are shed with 429")
 	fs.DurationVar(&cfg.CommandTimeout, "command-timeout", 10*time.Second, "end-to-end bound for one command")
+	fs.DurationVar(&cfg.PolicyTimeout, "policy-timeout", time.Second, "bound on one policy evaluation; exceeding it denies (fail closed)")
 	fs.DurationVar(&cfg.ShutdownGrace, "shutdown-grace", 15*time.Second, "how long shutdown waits for in-flight commands")
 	fs.StringVar(&logLevel, "log-level", "info", "debug, info, warn or error")
 	if mode == app.ModeDev {
