@@ -13,6 +13,7 @@ import (
 	"io/fs"
 	"net"
 	"net/http"
+	"net/http/pprof"
 	"os"
 	"path/filepath"
 	"strings"
@@ -90,6 +91,8 @@ type Config struct {
 	// (fail closed). Default 1s: generous, because a deny caused by a busy
 	// machine would still be a signed, permanent receipt.
 	PolicyTimeout time.Duration
+	// Pprof serves /debug/pprof on the telemetry listener (off by default).
+	Pprof bool
 	// ShutdownGrace bounds draining on shutdown. Default 15s.
 	ShutdownGrace time.Duration
 	Logger        *slog.Logger
@@ -296,7 +299,7 @@ func New(ctx context.Context, cfg Config) (a *App, err error) {
 			return nil, fmt.Errorf("policy bundle: %w", err)
 		}
 		a.processor, err = commands.NewProcessor(commands.ProcessorConfig{
-			Brokers: a.brokers, InstanceID: cfg.InstanceID, Signer: signer, Policy: engine,
+			Brokers: a.brokers, InstanceID: cfg.InstanceID, TransactionalID: transactionalID(cfg), Signer: signer, Policy: engine,
 			Logger: a.log, Registerer: a.reg,
 		})
 		if err != nil {
@@ -340,6 +343,11 @@ func New(ctx context.Context, cfg Config) (a *App, err error) {
 		httpx.WriteJSON(w, http.StatusOK, map[string]string{"status": "live"})
 	})
 	mmux.HandleFunc("GET /healthz/ready", a.readyz)
+	if cfg.Pprof {
+		mmux.HandleFunc("/debug/pprof/", pprof.Index)
+		mmux.HandleFunc("/debug/pprof/profile", pprof.Profile)
+		mmux.HandleFunc("/debug/pprof/trace", pprof.Trace)
+	}
 	a.metricsSrv = &http.Server{Handler: mmux, ReadHeaderTimeout: 5 * time.Second}
 	if a.metricsLn, err = net.Listen("tcp", cfg.MetricsAddr); err != nil {
 		return nil, fmt.Errorf("--metrics-addr: %w", err)
@@ -352,6 +360,16 @@ func New(ctx context.Context, cfg Config) (a *App, err error) {
 		}
 	}
 	return a, nil
+}
+
+// transactionalID is stable in serve mode (fencing a restarted instance's
+// previous incarnation) and fresh per start in dev mode, where the broker
+// dies with the process and has no zombie to fence.
+func transactionalID(cfg Config) string {
+	if cfg.Mode == ModeDev {
+		return "companyos-processor-" + cfg.InstanceID + "-" + commands.RandomID("")[:12]
+	}
+	return "companyos-processor-" + cfg.InstanceID
 }
 
 func loadSigningKey(cfg Config) (ed25519.PrivateKey, bool, error) {

@@ -49,56 +49,48 @@ func NewReceiptIndex(brokers []string, log *slog.Logger) (*ReceiptIndex, error) 
 	if log == nil {
 		log = slog.Default()
 	}
-	cl, err := kgo.NewClient(
-		kgo.SeedBrokers(brokers...),
-		kgo.ConsumeTopics(events.TopicEvents),
-		kgo.ConsumeResetOffset(kgo.NewOffset().AtStart()),
-		kgo.FetchIsolationLevel(kgo.ReadCommitted()),
-		kgo.KeepControlRecords(),
-		kgo.FetchMaxWait(200*time.Millisecond),
-	)
+	cl, err := kgo.NewClient(kgo.SeedBrokers(brokers...))
 	if err != nil {
 		return nil, err
 	}
-	ix := &ReceiptIndex{brokers: brokers, cl: cl, log: log.With("component", "receipt-index"),
-		byID: map[string]IndexEntry{}, next: map[int32]int64{}}
-	return ix, nil
+	return &ReceiptIndex{brokers: brokers, cl: cl, log: log.With("component", "receipt-index"),
+		byID: map[string]IndexEntry{}, next: map[int32]int64{}}, nil
 }
 
 // Run indexes receipts until ctx is done.
 func (ix *ReceiptIndex) Run(ctx context.Context) error {
 	defer ix.cl.Close()
-	for {
-		fs := ix.cl.PollFetches(ctx)
-		if fs.IsClientClosed() || ctx.Err() != nil {
+	starts, err := kadm.NewClient(ix.cl).ListStartOffsets(ctx, events.TopicEvents)
+	if err != nil {
+		if ctx.Err() != nil {
 			return nil
 		}
-		fs.EachError(func(t string, p int32, err error) {
-			ix.log.Warn("fetch error", "topic", t, "partition", p, "err", err)
-		})
-		entries := make([]IndexEntry, 0, fs.NumRecords())
-		next := map[int32]int64{}
-		fs.EachRecord(func(rec *kgo.Record) {
-			next[rec.Partition] = rec.Offset + 1
-			if rec.Attrs.IsControl() {
-				return
-			}
+		return fmt.Errorf("receipt index: %w", err)
+	}
+	from := map[int32]int64{}
+	starts.Each(func(o kadm.ListedOffset) { from[o.Partition] = o.Offset })
+	err = events.Follow(ctx, ix.cl, events.TopicEvents, from, 500*time.Millisecond, func(b events.Batch) error {
+		entries := make([]IndexEntry, 0, len(b.Records))
+		for _, rec := range b.Records {
 			e, err := summarise(rec)
 			if err != nil {
 				ix.log.Error("unreadable receipt", "partition", rec.Partition, "offset", rec.Offset, "err", err)
-				return
+				continue
 			}
 			entries = append(entries, e)
-		})
+		}
 		ix.mu.Lock()
 		for _, e := range entries {
 			ix.byID[e.ReceiptID] = e
 		}
-		for p, o := range next {
-			ix.next[p] = o
-		}
+		ix.next[b.Partition] = b.Next
 		ix.mu.Unlock()
+		return nil
+	})
+	if ctx.Err() != nil {
+		return nil
 	}
+	return err
 }
 
 func summarise(rec *kgo.Record) (IndexEntry, error) {

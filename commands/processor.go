@@ -12,7 +12,6 @@ import (
 	"time"
 
 	"github.com/prometheus/client_golang/prometheus"
-	"github.com/twmb/franz-go/pkg/kadm"
 	"github.com/twmb/franz-go/pkg/kgo"
 
 	"github.com/companyos/companyos/events"
@@ -31,9 +30,14 @@ type ProcessorConfig struct {
 	// Brokers are the Kafka seed brokers (required).
 	Brokers []string
 	// InstanceID names this processor (required). It is the static group
-	// member id and the transactional id, so a restarted instance takes over
-	// its partitions at once and fences its own previous incarnation.
+	// member id, so a restarted instance takes over its partitions at once.
 	InstanceID string
+	// TransactionalID (optional, default "companyos-processor-"+InstanceID).
+	// A stable id lets a restarted instance fence its previous incarnation
+	// on a real cluster. The embedded broker dies with the process, so dev
+	// mode uses a fresh id per start (the embedded broker mishandles a
+	// producer id reused across a crash).
+	TransactionalID string
 	// Group is the consumer group (optional, default "companyos-processor").
 	Group string
 	// Signer signs receipts (required).
@@ -110,6 +114,9 @@ func NewProcessor(cfg ProcessorConfig) (*Processor, error) {
 	if cfg.MaxPollRecords <= 0 {
 		cfg.MaxPollRecords = 1000
 	}
+	if cfg.TransactionalID == "" {
+		cfg.TransactionalID = "companyos-processor-" + cfg.InstanceID
+	}
 	if cfg.Now == nil {
 		cfg.Now = time.Now
 	}
@@ -169,7 +176,7 @@ func (p *Processor) Run(ctx context.Context) error {
 		kgo.ConsumerGroup(p.cfg.Group),
 		kgo.ConsumeTopics(events.TopicCommands),
 		kgo.InstanceID(p.cfg.InstanceID),
-		kgo.TransactionalID("companyos-processor-"+p.cfg.InstanceID),
+		kgo.TransactionalID(p.cfg.TransactionalID),
 		kgo.TransactionTimeout(30*time.Second),
 		kgo.FetchIsolationLevel(kgo.ReadCommitted()),
 		kgo.RequireStableFetchOffsets(),
@@ -429,76 +436,40 @@ func subjectOf(payload any) string {
 // every tenant's hash chain on the way. verify, when set, is called for each
 // envelope (e.g. to check signatures).
 func LoadPartition(ctx context.Context, brokers []string, part int32, verify func(events.Envelope) error) (map[string]*TenantState, int, error) {
-	cl, err := kgo.NewClient(
-		kgo.SeedBrokers(brokers...),
-		kgo.ConsumePartitions(map[string]map[int32]kgo.Offset{events.TopicEvents: {part: kgo.NewOffset().AtStart()}}),
-		kgo.FetchIsolationLevel(kgo.ReadCommitted()),
-		kgo.KeepControlRecords(),
-		kgo.FetchMaxWait(100*time.Millisecond),
-	)
+	cl, err := kgo.NewClient(kgo.SeedBrokers(brokers...))
 	if err != nil {
 		return nil, 0, err
 	}
 	defer cl.Close()
-	offs, err := kadm.NewClient(cl).ListCommittedOffsets(ctx, events.TopicEvents)
-	if err != nil {
-		return nil, 0, fmt.Errorf("list offsets: %w", err)
-	}
-	lo, ok := offs.Lookup(events.TopicEvents, part)
-	if !ok || lo.Err != nil {
-		return nil, 0, fmt.Errorf("list offsets: partition %d: %v", part, lo.Err)
-	}
-	target := lo.Offset
 	tenants := map[string]*TenantState{}
 	n := 0
-	next := int64(0)
-	for next < target {
-		fs := cl.PollFetches(ctx)
-		if ctx.Err() != nil {
-			return nil, 0, ctx.Err()
+	err = events.ReadToStable(ctx, cl, events.TopicEvents, []int32{part}, func(rec *kgo.Record) error {
+		env, err := events.ParseEnvelope(rec.Value)
+		if err != nil {
+			return fmt.Errorf("offset %d: %w", rec.Offset, err)
 		}
-		if err := fs.Err0(); err != nil {
-			return nil, 0, err
+		if verify != nil {
+			if err := verify(env); err != nil {
+				return fmt.Errorf("offset %d: %w", rec.Offset, err)
+			}
 		}
-		var ferr error
-		fs.EachRecord(func(rec *kgo.Record) {
-			if ferr != nil {
-				return
-			}
-			next = rec.Offset + 1
-			if rec.Attrs.IsControl() {
-				return
-			}
-			env, err := events.ParseEnvelope(rec.Value)
-			if err != nil {
-				ferr = fmt.Errorf("offset %d: %w", rec.Offset, err)
-				return
-			}
-			if verify != nil {
-				if err := verify(env); err != nil {
-					ferr = fmt.Errorf("offset %d: %w", rec.Offset, err)
-					return
-				}
-			}
-			r, err := events.ParseReceipt(env.Payload)
-			if err != nil {
-				ferr = fmt.Errorf("offset %d: %w", rec.Offset, err)
-				return
-			}
-			st := tenants[r.Tenant]
-			if st == nil {
-				st = NewTenantState(r.Tenant)
-				tenants[r.Tenant] = st
-			}
-			if err := st.ApplyReceipt(r, env.Payload); err != nil {
-				ferr = fmt.Errorf("offset %d: %w", rec.Offset, err)
-				return
-			}
-			n++
-		})
-		if ferr != nil {
-			return nil, 0, ferr
+		r, err := events.ParseReceipt(env.Payload)
+		if err != nil {
+			return fmt.Errorf("offset %d: %w", rec.Offset, err)
 		}
+		st := tenants[r.Tenant]
+		if st == nil {
+			st = NewTenantState(r.Tenant)
+			tenants[r.Tenant] = st
+		}
+		if err := st.ApplyReceipt(r, env.Payload); err != nil {
+			return fmt.Errorf("offset %d: %w", rec.Offset, err)
+		}
+		n++
+		return nil
+	})
+	if err != nil {
+		return nil, 0, err
 	}
 	return tenants, n, nil
 }
