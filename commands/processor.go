@@ -7,6 +7,7 @@ import (
 	"fmt"
 	"log/slog"
 	"net/http"
+	"runtime"
 	"sync"
 	"sync/atomic"
 	"time"
@@ -235,23 +236,46 @@ func (p *Processor) processBatch(ctx context.Context, sess *kgo.GroupTransactSes
 			wg.Done()
 		})
 	}
+	// Partitions are independent (each owns its tenants' state), so they
+	// are decided in parallel; within a partition, strictly in order.
+	var (
+		mu   sync.Mutex
+		pwg  sync.WaitGroup
+		sema = make(chan struct{}, runtime.GOMAXPROCS(0))
+	)
 	fetches.EachPartition(func(fp kgo.FetchTopicPartition) {
-		if fatal != nil || len(fp.Records) == 0 {
+		if len(fp.Records) == 0 {
 			return
 		}
-		ps, err := p.partition(ctx, fp.Partition)
-		if err != nil {
-			fatal = err
-			return
-		}
-		touched[fp.Partition] = true
-		for _, rec := range fp.Records {
-			if d := p.handle(ctx, ps, rec, produce); d != "" {
-				decided[d]++
+		pwg.Add(1)
+		sema <- struct{}{}
+		go func() {
+			defer func() { <-sema; pwg.Done() }()
+			ps, err := p.partition(ctx, fp.Partition)
+			if err != nil {
+				mu.Lock()
+				if fatal == nil {
+					fatal = err
+				}
+				mu.Unlock()
+				return
 			}
-		}
-		lag += fp.HighWatermark - (fp.Records[len(fp.Records)-1].Offset + 1)
+			local := map[string]int{}
+			for _, rec := range fp.Records {
+				if d := p.handle(ctx, ps, rec, produce); d != "" {
+					local[d]++
+				}
+			}
+			mu.Lock()
+			touched[fp.Partition] = true
+			for d, n := range local {
+				decided[d] += n
+			}
+			lag += fp.HighWatermark - (fp.Records[len(fp.Records)-1].Offset + 1)
+			mu.Unlock()
+		}()
 	})
+	pwg.Wait()
 	wg.Wait()
 	end := kgo.TryCommit
 	if fatal != nil || produceErr.Load() != nil {
