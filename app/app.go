@@ -35,6 +35,7 @@ import (
 	"github.com/companyos/companyos/internal/keyfile"
 	"github.com/companyos/companyos/internal/stores"
 	"github.com/companyos/companyos/policy"
+	"github.com/companyos/companyos/projections/graph"
 	"github.com/companyos/companyos/schemas"
 )
 
@@ -91,6 +92,11 @@ type Config struct {
 	// (fail closed). Default 1s: generous, because a deny caused by a busy
 	// machine would still be a signed, permanent receipt.
 	PolicyTimeout time.Duration
+	// SnapshotInterval between graph snapshots (one is also written on
+	// shutdown). Default 1m.
+	SnapshotInterval time.Duration
+	// ConsistencyTimeout bounds a read-your-writes wait. Default 5s.
+	ConsistencyTimeout time.Duration
 	// Pprof serves /debug/pprof on the telemetry listener (off by default).
 	Pprof bool
 	// ShutdownGrace bounds draining on shutdown. Default 15s.
@@ -209,6 +215,7 @@ type App struct {
 	waiter    *commands.Waiter
 	index     *commands.ReceiptIndex
 	api       *commands.API
+	projector *graph.Projector
 
 	apiSrv, metricsSrv *http.Server
 	apiLn, metricsLn   net.Listener
@@ -289,15 +296,15 @@ func New(ctx context.Context, cfg Config) (a *App, err error) {
 	}
 
 	httpMetrics := httpx.NewMetrics(a.reg)
+	bundle, err := fs.Sub(schemas.Policy, "policy")
+	if err != nil {
+		return nil, err
+	}
+	engine, err := policy.New(ctx, policy.Config{Bundle: bundle, Timeout: cfg.PolicyTimeout})
+	if err != nil {
+		return nil, fmt.Errorf("policy bundle: %w", err)
+	}
 	if cfg.has("processor") {
-		bundle, err := fs.Sub(schemas.Policy, "policy")
-		if err != nil {
-			return nil, err
-		}
-		engine, err := policy.New(ctx, policy.Config{Bundle: bundle, Timeout: cfg.PolicyTimeout})
-		if err != nil {
-			return nil, fmt.Errorf("policy bundle: %w", err)
-		}
 		a.processor, err = commands.NewProcessor(commands.ProcessorConfig{
 			Brokers: a.brokers, InstanceID: cfg.InstanceID, TransactionalID: transactionalID(cfg), Signer: signer, Policy: engine,
 			Logger: a.log, Registerer: a.reg,
@@ -324,8 +331,19 @@ func New(ctx context.Context, cfg Config) (a *App, err error) {
 		if err != nil {
 			return nil, err
 		}
+		a.projector, err = graph.NewProjector(graph.ProjectorConfig{Brokers: a.brokers, InstanceID: cfg.InstanceID,
+			SnapshotDir: filepath.Join(cfg.DataDir, "snapshots"), SnapshotInterval: cfg.SnapshotInterval, Logger: a.log, Registerer: a.reg})
+		if err != nil {
+			return nil, err
+		}
+		graphAPI, err := graph.NewAPI(graph.APIConfig{Projector: a.projector, Tokens: verifier, Authorizer: engine,
+			Metrics: httpMetrics, Registerer: a.reg, ConsistencyTimeout: cfg.ConsistencyTimeout})
+		if err != nil {
+			return nil, err
+		}
 		mux := http.NewServeMux()
 		a.api.Register(mux)
+		graphAPI.Register(mux)
 		mux.Handle("/", httpMetrics.Instrument("other", http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
 			httpx.WriteProblem(w, httpx.NewProblem(http.StatusNotFound, "not-found", "no route for "+r.Method+" "+r.URL.Path))
 		})))
@@ -474,6 +492,13 @@ func (a *App) readyz(w http.ResponseWriter, r *http.Request) {
 		}
 		mark("processor", err)
 	}
+	if a.projector != nil {
+		var err error
+		if !a.projector.Ready() {
+			err = errors.New("not consuming")
+		}
+		mark("graph_projector", err)
+	}
 	status := http.StatusOK
 	if !ok {
 		status = http.StatusServiceUnavailable
@@ -507,6 +532,7 @@ func (a *App) Run(ctx context.Context) error {
 	if a.waiter != nil {
 		g.Go(func() error { return a.waiter.Run(gctx) })
 		g.Go(func() error { return a.index.Run(gctx) })
+		g.Go(func() error { return a.projector.Run(gctx) })
 	}
 	serve := func(srv *http.Server, ln net.Listener) {
 		g.Go(func() error {

@@ -32,10 +32,12 @@ func freeAddr(t *testing.T) string {
 }
 
 type stack struct {
-	t     *testing.T
-	app   *app.App
-	base  string
-	admin string
+	t                      *testing.T
+	app                    *app.App
+	base                   string
+	admin                  string
+	kafkaAddr, pgDSN, chDB string
+	stop                   func()
 }
 
 // startStack runs the same App the binary runs: embedded broker over TCP,
@@ -43,9 +45,10 @@ type stack struct {
 func startStack(t *testing.T, mutate func(*app.Config)) *stack {
 	t.Helper()
 	chAddr, chDB := stores.TestClickHouse(t)
+	pgDSN := stores.TestPostgres(t)
 	cfg := app.Config{
 		Mode: app.ModeDev, DataDir: t.TempDir(), HTTPAddr: "127.0.0.1:0", MetricsAddr: "127.0.0.1:0",
-		KafkaAddr: freeAddr(t), PGDSN: stores.TestPostgres(t), ClickHouseAddr: chAddr, ClickHouseDatabase: chDB,
+		KafkaAddr: freeAddr(t), PGDSN: pgDSN, ClickHouseAddr: chAddr, ClickHouseDatabase: chDB,
 		Partitions: 3, Logger: slog.New(slog.NewTextHandler(io.Discard, nil)),
 	}
 	if mutate != nil {
@@ -59,18 +62,23 @@ func startStack(t *testing.T, mutate func(*app.Config)) *stack {
 	}
 	done := make(chan error, 1)
 	go func() { done <- a.Run(ctx) }()
-	t.Cleanup(func() {
-		cancel()
-		select {
-		case err := <-done:
-			if err != nil {
-				t.Errorf("Run: %v", err)
+	var once sync.Once
+	stop := func() {
+		once.Do(func() {
+			cancel()
+			select {
+			case err := <-done:
+				if err != nil {
+					t.Errorf("Run: %v", err)
+				}
+			case <-time.After(30 * time.Second):
+				t.Error("shutdown took over 30s")
 			}
-		case <-time.After(30 * time.Second):
-			t.Error("shutdown took over 30s")
-		}
-	})
-	s := &stack{t: t, app: a, base: "http://" + a.HTTPAddr(), admin: a.AdminToken}
+		})
+	}
+	t.Cleanup(stop)
+	s := &stack{t: t, app: a, base: "http://" + a.HTTPAddr(), admin: a.AdminToken, stop: stop,
+		kafkaAddr: cfg.KafkaAddr, pgDSN: cfg.PGDSN, chDB: cfg.ClickHouseDatabase}
 	// Wait for readiness.
 	deadline := time.Now().Add(30 * time.Second)
 	for {

@@ -12,6 +12,7 @@ import (
 
 	"github.com/companyos/companyos/app"
 	"github.com/companyos/companyos/commands"
+	"github.com/companyos/companyos/projections/graph"
 	"github.com/companyos/companyos/schemas"
 )
 
@@ -53,6 +54,7 @@ func documentedRoutes(t *testing.T) []string {
 func TestOpenAPIMatchesLiveRoutes(t *testing.T) {
 	documented := documentedRoutes(t)
 	served := append(slices.Clone(commands.Routes), app.TelemetryRoutes...)
+	served = append(served, graph.Routes...)
 	sort.Strings(served)
 	if !slices.Equal(documented, served) {
 		t.Fatalf("openapi.yaml routes\n  %v\nserved routes\n  %v", documented, served)

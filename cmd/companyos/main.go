@@ -134,6 +134,9 @@ func runServer(mode string, args []string, stderr io.Writer) int {
 	fs.DurationVar(&cfg.CommandTimeout, "command-timeout", 10*time.Second, "end-to-end bound for one command")
 	fs.DurationVar(&cfg.PolicyTimeout, "policy-timeout", time.Second, "bound on one policy evaluation; exceeding it denies (fail closed)")
 	fs.DurationVar(&cfg.ShutdownGrace, "shutdown-grace", 15*time.Second, "how long shutdown waits for in-flight commands")
+	fs.DurationVar(&cfg.SnapshotInterval, "snapshot-interval", time.Minute, "how often the graph read model is snapshotted (also on shutdown)")
+	fs.DurationVar(&cfg.ConsistencyTimeout, "consistency-timeout", 5*time.Second, "how long a query with a consistency token waits for the graph to catch up")
+	fs.BoolVar(&cfg.Pprof, "pprof", false, "serve /debug/pprof on --metrics-addr")
 	fs.StringVar(&logLevel, "log-level", "info", "debug, info, warn or error")
 	if mode == app.ModeDev {
 		fs.StringVar(&cfg.KafkaAddr, "kafka-addr", "127.0.0.1:9092", "embedded Kafka broker listen address (kcat and any Kafka client can connect)")
