@@ -91,6 +91,17 @@ func TestGraphQueryEndToEnd(t *testing.T) {
 		t.Fatalf("who_can %s", r.raw)
 	}
 
+	// The processor agrees with who_can: alice may delete, bob may not.
+	alice, bob := s.token("user:alice", "g1"), s.token("user:bob", "g1")
+	expect(t, s.do("POST", "/v1/commands", bob, `{"tenant":"g1","type":"entity.delete","payload":{"id":"dataset:prod","cascade":true}}`), 403, "policy-denied")
+	del := s.do("POST", "/v1/commands", alice, `{"tenant":"g1","type":"entity.delete","payload":{"id":"dataset:prod","cascade":true}}`)
+	expect(t, del, 201, "")
+	gone := s.graphQuery(s.admin, map[string]any{"tenant": "g1", "query": "rel(3hop, 'svc:A'->'dataset:*')", "consistency": del.body["consistency"]})
+	expect(t, gone, 200, "")
+	if len(nodeIDs(gone)) != 0 {
+		t.Fatalf("deleted dataset still reachable: %s", gone.raw)
+	}
+
 	// Errors.
 	e := s.graphQuery(s.admin, map[string]any{"tenant": "g1", "query": "rel(3hop, 'svc:A' 'db:*')"})
 	expect(t, e, 422, "query-syntax")
@@ -129,7 +140,7 @@ func TestGraphQueryEndToEnd(t *testing.T) {
 			break
 		}
 	}
-	if len(seen) != 4 {
+	if len(seen) != 3 { // db:orders, db:users, svc:B (dataset:prod was deleted)
 		t.Fatalf("pages covered %v", seen)
 	}
 }

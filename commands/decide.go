@@ -37,7 +37,7 @@ type Result struct {
 
 // PolicyInput builds what the policy sees for cmd in state st.
 func PolicyInput(st *TenantState, p Principal, cmd Command, payload any) policy.Input {
-	in := policy.Input{Action: cmd.Type, Tenant: cmd.Tenant, Principal: principalInput(st, p)}
+	in := policy.Input{Action: cmd.Type, Tenant: cmd.Tenant}
 	switch pl := payload.(type) {
 	case *EntityCreate:
 		in.Resource = policy.Resource{ID: pl.ID, Kind: pl.Kind, Attrs: nonNil(pl.Attrs)}
@@ -54,7 +54,15 @@ func PolicyInput(st *TenantState, p Principal, cmd Command, payload any) policy.
 		in.Target = &t
 		in.Relation = pl.Rel
 	}
+	in.Principal = principalInput(st, p, cmd.Type, in.Resource.ID)
 	return in
+}
+
+func nonNilStrings(s []string) []string {
+	if s == nil {
+		return []string{}
+	}
+	return s
 }
 
 func nonNil(m map[string]any) map[string]any {
@@ -71,9 +79,12 @@ func resourceInput(st *TenantState, id string) policy.Resource {
 	return policy.Resource{ID: id, Attrs: map[string]any{}}
 }
 
-// principalInput merges the token's roles with the principal entity's
-// "roles" attribute; the entity's attributes describe the principal.
-func principalInput(st *TenantState, p Principal) policy.Principal {
+// principalInput merges the token's roles, the principal entity's "roles"
+// attribute and the roles it holds through the graph (has_role, also via
+// member_of groups); the entity's attributes describe the principal, and the
+// groups and can_<action> grants reached are passed under "_graph" exactly
+// as who_can passes them.
+func principalInput(st *TenantState, p Principal, action, resource string) policy.Principal {
 	out := policy.Principal{ID: p.ID, MFA: p.MFA, Attrs: map[string]any{}}
 	roles := slices.Clone(p.Roles)
 	if e, ok := st.Entity(p.ID); ok {
@@ -89,6 +100,14 @@ func principalInput(st *TenantState, p Principal) policy.Principal {
 					roles = append(roles, s)
 				}
 			}
+		}
+	}
+	if out.Exists {
+		graphRoles, groups, grants := graphFacts(st, p.ID, action, resource)
+		roles = append(roles, graphRoles...)
+		if len(groups) > 0 || len(grants) > 0 {
+			out.Attrs = maps.Clone(out.Attrs)
+			out.Attrs[graphFactsAttr] = map[string]any{"groups": nonNilStrings(groups), "grants": nonNilStrings(grants)}
 		}
 	}
 	sort.Strings(roles)
