@@ -221,7 +221,12 @@ func TestGraphSnapshotRestart(t *testing.T) {
 		t.Fatalf("no snapshot written on shutdown: %v", err)
 	}
 	restart := func() *stack {
-		return startStack(t, func(c *app.Config) { c.DataDir = dataDir; c.KafkaAddr = s.kafkaAddr; c.PGDSN = s.pgDSN; c.ClickHouseDatabase = s.chDB })
+		return startStack(t, func(c *app.Config) {
+			c.DataDir = dataDir
+			c.KafkaAddr = s.kafkaAddr
+			c.PGDSN = s.pgDSN
+			c.ClickHouseDatabase = s.chDB
+		})
 	}
 	same := func(s2 *stack) {
 		t.Helper()
