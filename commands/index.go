@@ -93,26 +93,38 @@ func (ix *ReceiptIndex) Run(ctx context.Context) error {
 	return err
 }
 
+// indexedReceipt is the part of a receipt the index keeps; decoding into
+// it skips the large raw fields.
+type indexedReceipt struct {
+	ID        string    `json:"id"`
+	Action    string    `json:"action"`
+	Actor     string    `json:"actor"`
+	Tenant    string    `json:"tenant"`
+	Decision  string    `json:"decision"`
+	CreatedAt time.Time `json:"created_at"`
+	Seq       uint64    `json:"seq"`
+	CommandID string    `json:"command_id"`
+	Subject   string    `json:"subject"`
+	Change    *struct {
+		Entity *struct {
+			Version uint64 `json:"version"`
+		} `json:"entity"`
+	} `json:"change"`
+}
+
 func summarise(rec *kgo.Record) (IndexEntry, error) {
 	env, err := events.ParseEnvelope(rec.Value)
 	if err != nil {
 		return IndexEntry{}, err
 	}
-	r, err := events.ParseReceipt(env.Payload)
-	if err != nil {
+	var r indexedReceipt
+	if err := json.Unmarshal(env.Payload, &r); err != nil {
 		return IndexEntry{}, err
 	}
 	e := IndexEntry{ReceiptID: r.ID, CommandID: r.CommandID, Tenant: r.Tenant, Type: r.Action, Actor: r.Actor,
 		Subject: r.Subject, Decision: r.Decision, Seq: r.Seq, CreatedAt: r.CreatedAt, Partition: rec.Partition, Offset: rec.Offset}
-	if r.Decision == events.DecisionAllow && len(r.Change) > 0 {
-		var c struct {
-			Entity *struct {
-				Version uint64 `json:"version"`
-			} `json:"entity"`
-		}
-		if json.Unmarshal(r.Change, &c) == nil && c.Entity != nil {
-			e.Version = c.Entity.Version
-		}
+	if r.Decision == events.DecisionAllow && r.Change != nil && r.Change.Entity != nil {
+		e.Version = r.Change.Entity.Version
 	}
 	return e, nil
 }

@@ -408,7 +408,7 @@ func (p *Processor) handle(ctx context.Context, ps *partitionState, rec *kgo.Rec
 	}
 	env := p.cfg.Signer.Sign(payloadBytes)
 	value, _ := env.Marshal()
-	if err := st.ApplyReceipt(r, payloadBytes); err != nil {
+	if err := st.applyOwn(r, payloadBytes, res.Change); err != nil {
 		// Our own receipt does not extend our own chain: a bug, never skipped.
 		panic(fmt.Sprintf("processor: own receipt rejected: %v", err))
 	}

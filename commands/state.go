@@ -129,6 +129,29 @@ func (s *TenantState) unlink(r events.Relation) {
 	}
 }
 
+// applyOwn folds a receipt this processor just built, with its change
+// still in hand (no need to decode what was just encoded).
+func (s *TenantState) applyOwn(r events.Receipt, payload []byte, c *events.Change) error {
+	if err := s.Chain.Append(r, payload); err != nil {
+		return err
+	}
+	version := uint64(0)
+	if c != nil {
+		if err := s.ApplyChange(c); err != nil {
+			return err
+		}
+		if c.Entity != nil {
+			version = c.Entity.Version
+		}
+	}
+	o := Outcome{CommandID: r.CommandID, ReceiptID: r.ID, Decision: r.Decision, Seq: r.Seq, Version: version, BodyHash: r.EvidenceHash}
+	if r.Decision == events.DecisionDeny {
+		o.Rationale = r.Rationale
+	}
+	s.Commands[r.CommandID] = o
+	return nil
+}
+
 // ApplyReceipt folds one receipt (as read back from the log) into the state:
 // it checks the hash chain, applies an allowed change and remembers the
 // command's outcome.
