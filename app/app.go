@@ -36,6 +36,7 @@ import (
 	"github.com/companyos/companyos/internal/stores"
 	"github.com/companyos/companyos/policy"
 	"github.com/companyos/companyos/projections/graph"
+	"github.com/companyos/companyos/projections/ledger"
 	"github.com/companyos/companyos/schemas"
 )
 
@@ -80,8 +81,16 @@ type Config struct {
 	TokenKeysFile string
 	// TokenIssuer is the expected "iss" of bearer tokens. Default "companyos".
 	TokenIssuer string
-	// Roles selects components in serve mode: "api", "processor" (default both).
+	// Roles selects components in serve mode: "api", "processor", "ledger"
+	// (default all three). Several "ledger" instances may run: one writes,
+	// the others stand by (Postgres advisory lock).
 	Roles []string
+	// LedgerKeyFile is the checkpoint signing key of the provenance ledger
+	// (PEM PKCS#8 Ed25519), distinct from the receipt signing key. Dev
+	// default DataDir/ledger.key (created); serve: required.
+	LedgerKeyFile string
+	// CheckpointInterval between ledger checkpoints. Default 10s.
+	CheckpointInterval time.Duration
 	// RatePerTenant, Burst, MaxInFlight, CommandTimeout: write-path limits
 	// (defaults 2000/s, 4000, 4096, 10s).
 	RatePerTenant  float64
@@ -137,9 +146,10 @@ func (c *Config) Defaults() {
 	}
 	if c.Mode == ModeDev {
 		def(&c.SigningKeyFile, filepath.Join(c.DataDir, "signing.key"))
+		def(&c.LedgerKeyFile, filepath.Join(c.DataDir, "ledger.key"))
 	}
 	if len(c.Roles) == 0 {
-		c.Roles = []string{"api", "processor"}
+		c.Roles = []string{"api", "processor", "ledger"}
 	}
 	if c.PolicyTimeout <= 0 {
 		c.PolicyTimeout = time.Second
@@ -167,6 +177,9 @@ func (c Config) Validate() error {
 		if c.TokenKeysFile == "" {
 			errs = append(errs, errors.New("--token-keys-file: required in serve mode"))
 		}
+		if c.LedgerKeyFile == "" {
+			errs = append(errs, errors.New("--ledger-key-file: required in serve mode"))
+		}
 	default:
 		errs = append(errs, fmt.Errorf("mode %q: want dev or serve", c.Mode))
 	}
@@ -181,8 +194,8 @@ func (c Config) Validate() error {
 		}
 	}
 	for _, r := range c.Roles {
-		if r != "api" && r != "processor" {
-			errs = append(errs, fmt.Errorf("--roles: unknown role %q (api, processor)", r))
+		if r != "api" && r != "processor" && r != "ledger" {
+			errs = append(errs, fmt.Errorf("--roles: unknown role %q (api, processor, ledger)", r))
 		}
 	}
 	if c.Partitions > 1000 {
@@ -216,6 +229,7 @@ type App struct {
 	index     *commands.ReceiptIndex
 	api       *commands.API
 	projector *graph.Projector
+	ledgerP   *ledger.Projector
 
 	apiSrv, metricsSrv *http.Server
 	apiLn, metricsLn   net.Listener
@@ -294,6 +308,24 @@ func New(ctx context.Context, cfg Config) (a *App, err error) {
 	if err := a.openStores(ctx); err != nil {
 		return nil, err
 	}
+	// Idempotent and safe when several instances start at once (advisory
+	// lock); `companyos migrate` runs the same thing ahead of a rollout.
+	if err := ledger.Migrate(tctx, a.pg); err != nil {
+		return nil, fmt.Errorf("postgres migrations: %w", err)
+	}
+	ledgerKey, err := loadKey(cfg, cfg.LedgerKeyFile, "--ledger-key-file")
+	if err != nil {
+		return nil, err
+	}
+	checkpointSigner := ledger.CheckpointSigner{Name: "companyos-ledger", Key: ledgerKey}
+	receiptKeys := keyfile.KeySet{Keys: []keyfile.PublicKey{signer.Public()}}
+	if cfg.has("ledger") {
+		a.ledgerP, err = ledger.NewProjector(ledger.Config{Brokers: a.brokers, Pool: a.pg, Signer: checkpointSigner, Keys: &receiptKeys,
+			CheckpointInterval: cfg.CheckpointInterval, Logger: a.log, Registerer: a.reg})
+		if err != nil {
+			return nil, err
+		}
+	}
 
 	httpMetrics := httpx.NewMetrics(a.reg)
 	bundle, err := fs.Sub(schemas.Policy, "policy")
@@ -341,9 +373,18 @@ func New(ctx context.Context, cfg Config) (a *App, err error) {
 		if err != nil {
 			return nil, err
 		}
+		provenance, err := ledger.NewLedger(a.pg, checkpointSigner)
+		if err != nil {
+			return nil, err
+		}
+		ledgerAPI, err := ledger.NewAPI(ledger.APIConfig{Ledger: provenance, Tokens: verifier, Metrics: httpMetrics})
+		if err != nil {
+			return nil, err
+		}
 		mux := http.NewServeMux()
 		a.api.Register(mux)
 		graphAPI.Register(mux)
+		ledgerAPI.Register(mux)
 		mux.Handle("/", httpMetrics.Instrument("other", http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
 			httpx.WriteProblem(w, httpx.NewProblem(http.StatusNotFound, "not-found", "no route for "+r.Method+" "+r.URL.Path))
 		})))
@@ -388,6 +429,33 @@ func transactionalID(cfg Config) string {
 		return "companyos-processor-" + cfg.InstanceID + "-" + commands.RandomID("")[:12]
 	}
 	return "companyos-processor-" + cfg.InstanceID
+}
+
+// loadKey loads an Ed25519 key file, creating it in dev mode.
+func loadKey(cfg Config, path, flag string) (ed25519.PrivateKey, error) {
+	if cfg.Mode == ModeDev {
+		k, _, err := keyfile.LoadOrCreate(path)
+		if err != nil {
+			return nil, fmt.Errorf("%s: %w", flag, err)
+		}
+		return k, nil
+	}
+	k, err := keyfile.Load(path)
+	if err != nil {
+		return nil, fmt.Errorf("%s: %w", flag, err)
+	}
+	return k, nil
+}
+
+// Migrate creates the Postgres database when missing and applies the
+// embedded migrations (`companyos migrate`).
+func Migrate(ctx context.Context, pgDSN string) error {
+	pool, err := stores.EnsurePostgres(ctx, pgDSN)
+	if err != nil {
+		return fmt.Errorf("--pg-dsn: %w", err)
+	}
+	defer pool.Close()
+	return ledger.Migrate(ctx, pool)
 }
 
 func loadSigningKey(cfg Config) (ed25519.PrivateKey, bool, error) {
@@ -499,6 +567,14 @@ func (a *App) readyz(w http.ResponseWriter, r *http.Request) {
 		}
 		mark("graph_projector", err)
 	}
+	if a.ledgerP != nil {
+		// Informational: a standby ledger instance (another one holds the
+		// writer lock) is healthy, so this check never fails readiness.
+		checks["ledger_projector"] = "standby"
+		if a.ledgerP.Ready() {
+			checks["ledger_projector"] = "ok"
+		}
+	}
 	status := http.StatusOK
 	if !ok {
 		status = http.StatusServiceUnavailable
@@ -528,6 +604,9 @@ func (a *App) Run(ctx context.Context) error {
 	g, gctx := errgroup.WithContext(workers)
 	if a.processor != nil {
 		g.Go(func() error { return a.processor.Run(gctx) })
+	}
+	if a.ledgerP != nil {
+		g.Go(func() error { return a.ledgerP.Run(gctx) })
 	}
 	if a.waiter != nil {
 		g.Go(func() error { return a.waiter.Run(gctx) })

@@ -13,6 +13,7 @@ import (
 	"github.com/companyos/companyos/app"
 	"github.com/companyos/companyos/commands"
 	"github.com/companyos/companyos/projections/graph"
+	"github.com/companyos/companyos/projections/ledger"
 	"github.com/companyos/companyos/schemas"
 )
 
@@ -55,6 +56,7 @@ func TestOpenAPIMatchesLiveRoutes(t *testing.T) {
 	documented := documentedRoutes(t)
 	served := append(slices.Clone(commands.Routes), app.TelemetryRoutes...)
 	served = append(served, graph.Routes...)
+	served = append(served, ledger.Routes...)
 	sort.Strings(served)
 	if !slices.Equal(documented, served) {
 		t.Fatalf("openapi.yaml routes\n  %v\nserved routes\n  %v", documented, served)

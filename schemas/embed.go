@@ -25,3 +25,9 @@ var OpenAPI []byte
 //
 //go:embed receipt.v1.schema.json
 var ReceiptSchema []byte
+
+// Postgres holds the numbered Postgres migrations ("postgres/NNNN_name.up.sql"),
+// applied in order by their owner (projections/ledger.Migrate).
+//
+//go:embed postgres
+var Postgres embed.FS

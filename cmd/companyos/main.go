@@ -34,6 +34,7 @@ Commands:
   dev       run everything on one machine with an embedded Kafka broker
   serve     run against an external Kafka cluster (--kafka-brokers)
   token     issue bearer tokens (dev): companyos token issue --help
+  migrate   create the Postgres database if needed and apply the schema migrations
   fixture   load a generated company graph through the command API: companyos fixture graph --help
   version   print the version
 
@@ -58,6 +59,8 @@ func run(args []string, stdout, stderr io.Writer) int {
 		return runServer(app.ModeServe, args[1:], stderr)
 	case "token":
 		return runToken(args[1:], stdout, stderr)
+	case "migrate":
+		return runMigrate(args[1:], stdout, stderr)
 	case "fixture":
 		return runFixture(args[1:], stdout, stderr)
 	case "version", "--version":
@@ -136,6 +139,8 @@ func runServer(mode string, args []string, stderr io.Writer) int {
 	fs.DurationVar(&cfg.ShutdownGrace, "shutdown-grace", 15*time.Second, "how long shutdown waits for in-flight commands")
 	fs.DurationVar(&cfg.SnapshotInterval, "snapshot-interval", time.Minute, "how often the graph read model is snapshotted (also on shutdown)")
 	fs.DurationVar(&cfg.ConsistencyTimeout, "consistency-timeout", 5*time.Second, "how long a query with a consistency token waits for the graph to catch up")
+	fs.StringVar(&cfg.LedgerKeyFile, "ledger-key-file", "", "provenance checkpoint signing key, PEM PKCS#8 Ed25519 (dev default: <data-dir>/ledger.key, created)")
+	fs.DurationVar(&cfg.CheckpointInterval, "checkpoint-interval", 10*time.Second, "how often the ledger signs a checkpoint for each tenant whose tree grew")
 	fs.BoolVar(&cfg.Pprof, "pprof", false, "serve /debug/pprof on --metrics-addr")
 	fs.StringVar(&logLevel, "log-level", "info", "debug, info, warn or error")
 	if mode == app.ModeDev {
@@ -246,5 +251,29 @@ func runToken(args []string, stdout, stderr io.Writer) int {
 		return 1
 	}
 	fmt.Fprintln(stdout, tok)
+	return 0
+}
+
+func runMigrate(args []string, stdout, stderr io.Writer) int {
+	fs := flag.NewFlagSet("companyos migrate", flag.ContinueOnError)
+	fs.SetOutput(stderr)
+	dsn := fs.String("pg-dsn", "postgres://companyos:companyos@127.0.0.1:5432/companyos?sslmode=disable", "Postgres DSN (the database is created when missing)")
+	timeout := fs.Duration("timeout", time.Minute, "give up after this long")
+	if err := parse(fs, args); err != nil {
+		if errors.Is(err, flag.ErrHelp) {
+			return 0
+		}
+		fmt.Fprintln(stderr, "companyos migrate:", err)
+		return 2
+	}
+	ctx, stop := signal.NotifyContext(context.Background(), os.Interrupt, syscall.SIGTERM)
+	defer stop()
+	ctx, cancel := context.WithTimeout(ctx, *timeout)
+	defer cancel()
+	if err := app.Migrate(ctx, *dsn); err != nil {
+		fmt.Fprintln(stderr, "companyos migrate:", err)
+		return 1
+	}
+	fmt.Fprintln(stdout, "companyos migrate: schema up to date")
 	return 0
 }

@@ -70,9 +70,16 @@ func TestPostgres(t testing.TB) (dsn string) {
 			return
 		}
 		defer conn.Close(ctx)
-		if _, err := conn.Exec(ctx, "DROP DATABASE IF EXISTS "+quoted+" WITH (FORCE)"); err != nil {
-			t.Errorf("stores: drop test database %s: %v", name, err)
+		// An autovacuum worker on the test database cannot be terminated by
+		// a non-superuser; it finishes quickly, so retry for a while.
+		var err error
+		for attempt := 0; attempt < 20; attempt++ {
+			if _, err = conn.Exec(ctx, "DROP DATABASE IF EXISTS "+quoted+" WITH (FORCE)"); err == nil {
+				return
+			}
+			time.Sleep(500 * time.Millisecond)
 		}
+		t.Errorf("stores: drop test database %s: %v", name, err)
 	})
 	return withPostgresDatabase(t, adminDSN, name)
 }
