@@ -72,7 +72,6 @@ func TestPostgres(t testing.TB) (dsn string) {
 		defer conn.Close(ctx)
 		// An autovacuum worker on the test database cannot be terminated by
 		// a non-superuser; it finishes quickly, so retry for a while.
-		var err error
 		for attempt := 0; attempt < 20; attempt++ {
 			if _, err = conn.Exec(ctx, "DROP DATABASE IF EXISTS "+quoted+" WITH (FORCE)"); err == nil {
 				return
