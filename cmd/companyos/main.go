@@ -36,6 +36,7 @@ Commands:
   token     issue bearer tokens (dev): companyos token issue --help
   migrate   create the Postgres database if needed and apply the schema migrations
   fixture   load a generated company graph through the command API: companyos fixture graph --help
+  loadgen   graph query load against a running server (p50/p95/p99, server graph_query_ms)
   version   print the version
 
 Every flag can also be set with an environment variable COMPANYOS_<NAME>,
@@ -63,6 +64,8 @@ func run(args []string, stdout, stderr io.Writer) int {
 		return runMigrate(args[1:], stdout, stderr)
 	case "fixture":
 		return runFixture(args[1:], stdout, stderr)
+	case "loadgen":
+		return runLoadgen(args[1:], stdout, stderr)
 	case "version", "--version":
 		fmt.Fprintln(stdout, "companyos", version)
 		return 0
