@@ -5,6 +5,7 @@ import (
 	"encoding/json"
 	"errors"
 	"fmt"
+	"io"
 	"log/slog"
 	"math"
 	"net/http"
@@ -282,7 +283,8 @@ func (a *API) postCommand(w http.ResponseWriter, r *http.Request) {
 		fail(httpx.NewProblem(http.StatusInternalServerError, "internal", err.Error()))
 		return
 	}
-	req := Request{RequestID: RandomID("req_"), IdempotencyKey: idemKey, ReceivedAt: time.Now().UTC(), Command: canonical,
+	now := time.Now().UTC()
+	req := Request{RequestID: RandomID("req_"), IdempotencyKey: idemKey, ReceivedAt: now, Deadline: now.Add(a.cfg.Timeout), Command: canonical,
 		Principal: Principal{ID: claims.Principal, Roles: claims.Roles, MFA: claims.MFA, AuthTime: claims.AuthTime}}
 	if idemKey != "" {
 		req.CommandID = CommandIDFor(cmd.Tenant, claims.Principal, idemKey)
@@ -340,21 +342,7 @@ type CommandResponse struct {
 }
 
 func readBody(w http.ResponseWriter, r *http.Request, limit int64) ([]byte, error) {
-	r.Body = http.MaxBytesReader(w, r.Body, limit)
-	buf := make([]byte, 0, 512)
-	for {
-		if len(buf) == cap(buf) {
-			buf = append(buf, 0)[:len(buf)]
-		}
-		n, err := r.Body.Read(buf[len(buf):cap(buf)])
-		buf = buf[:len(buf)+n]
-		if err != nil {
-			if err.Error() == "EOF" {
-				return buf, nil
-			}
-			return nil, err
-		}
-	}
+	return io.ReadAll(http.MaxBytesReader(w, r.Body, limit))
 }
 
 // OutcomeResponse is the body of GET /v1/commands/{receipt_id}.

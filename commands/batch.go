@@ -173,7 +173,7 @@ func (a *API) postBatch(w http.ResponseWriter, r *http.Request) {
 	now := time.Now().UTC()
 	for i, c := range cmds {
 		canonical, _ := json.Marshal(c)
-		req := Request{RequestID: RandomID("req_"), ReceivedAt: now, Command: canonical, Principal: principal}
+		req := Request{RequestID: RandomID("req_"), ReceivedAt: now, Deadline: now.Add(a.cfg.Timeout), Command: canonical, Principal: principal}
 		if idemKey != "" {
 			req.IdempotencyKey = idemKey + "/" + strconv.Itoa(i)
 			req.CommandID = CommandIDFor(c.Tenant, claims.Principal, req.IdempotencyKey)

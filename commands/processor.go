@@ -99,6 +99,7 @@ type processorMetrics struct {
 	lag      prometheus.Gauge
 	decide   prometheus.Histogram
 	txns     *prometheus.CounterVec
+	expired  prometheus.Counter
 }
 
 // NewProcessor validates cfg and returns a processor; Run starts it.
@@ -133,12 +134,15 @@ func NewProcessor(cfg ProcessorConfig) (*Processor, error) {
 			Name: "processor_decide_seconds", Help: "Time to decide and sign one command.",
 			Buckets: []float64{.00005, .0001, .00025, .0005, .001, .0025, .005, .01, .05},
 		}),
+		expired: prometheus.NewCounter(prometheus.CounterOpts{
+			Name: "processor_expired_commands_total", Help: "Commands skipped because their request deadline passed before a decision (nothing appended).",
+		}),
 		txns: prometheus.NewCounterVec(prometheus.CounterOpts{
 			Name: "processor_transactions_total", Help: "Processor transactions by result (committed, aborted).",
 		}, []string{"result"}),
 	}
 	if cfg.Registerer != nil {
-		cfg.Registerer.MustRegister(p.metrics.receipts, p.metrics.lag, p.metrics.decide, p.metrics.txns)
+		cfg.Registerer.MustRegister(p.metrics.receipts, p.metrics.lag, p.metrics.decide, p.metrics.txns, p.metrics.expired)
 	}
 	for _, d := range []string{events.DecisionAllow, events.DecisionDeny} {
 		p.metrics.receipts.WithLabelValues(d)
@@ -379,6 +383,13 @@ func (p *Processor) handle(ctx context.Context, ps *partitionState, rec *kgo.Rec
 		return ""
 	}
 
+	if !req.Deadline.IsZero() && p.cfg.Now().After(req.Deadline) {
+		p.metrics.expired.Inc()
+		pr := httpx.NewProblem(http.StatusGatewayTimeout, "expired",
+			"the command expired in the queue before it was decided; nothing was appended; retry with the same Idempotency-Key")
+		reply(Reply{Status: pr.Status, Problem: pr})
+		return ""
+	}
 	start := time.Now()
 	d := p.cfg.Policy.Decide(ctx, PolicyInput(st, req.Principal, cmd, payload))
 	res := Decide(st, cmd, payload, d)

@@ -21,6 +21,11 @@ type Request struct {
 	IdempotencyKey string    `json:"idempotency_key,omitempty"`
 	Principal      Principal `json:"principal"`
 	ReceivedAt     time.Time `json:"received_at"`
+	// Deadline is when the waiting HTTP request gives up. A command still
+	// undecided by then is not executed (no receipt): the caller already got
+	// 504 and will retry with its Idempotency-Key, and under overload the
+	// processor does not waste work on answers nobody is waiting for.
+	Deadline time.Time `json:"deadline,omitzero"`
 	// Command is the validated command in its canonical (compact) bytes; the
 	// receipt embeds the same bytes and evidence_hash is their hash.
 	Command json.RawMessage `json:"command"`
