@@ -127,6 +127,8 @@ type Engine struct {
 	timeout time.Duration
 	version string // "<semver>+sha256:<12 hex>"
 	hash    string // "sha256:<64 hex>"
+	// inputPaths are the input paths the policy reads (see DecisionKey).
+	inputPaths [][]string
 }
 
 // New loads, tests and compiles the bundle once. It returns an error
@@ -163,8 +165,9 @@ func New(ctx context.Context, cfg Config) (*Engine, error) {
 	return &Engine{
 		query:   pq,
 		timeout: cfg.Timeout,
-		version: b.version + "+" + b.hash[:len("sha256:")+12],
-		hash:    b.hash,
+		version:    b.version + "+" + b.hash[:len("sha256:")+12],
+		hash:       b.hash,
+		inputPaths: inputPaths(compiler),
 	}, nil
 }
 

@@ -387,10 +387,39 @@ func (x *execution) prepare(ids []uint32, resource policy.Resource, resIdx uint3
 	return out
 }
 
+// DecisionKeyer is implemented by authorizers (*policy.Engine) that can say
+// when two inputs must get the same decision; who_can then evaluates the
+// policy once per distinct key instead of once per principal.
+type DecisionKeyer interface {
+	DecisionKey(in policy.Input) (string, bool)
+}
+
 // decideAll evaluates cands on up to GOMAXPROCS goroutines.
 func (x *execution) decideAll(cands []candidate) {
 	ctx, cancel := context.WithDeadline(x.ctx, x.deadline)
 	defer cancel()
+	if keyer, ok := x.opts.Authorizer.(DecisionKeyer); ok {
+		memo := map[string]policy.Decision{}
+		for k := range cands {
+			if ctx.Err() != nil {
+				return
+			}
+			key, ok := keyer.DecisionKey(cands[k].in)
+			if !ok {
+				cands[k].d = x.opts.Authorizer.Decide(ctx, cands[k].in)
+				continue
+			}
+			d, hit := memo[key]
+			if !hit {
+				d = x.opts.Authorizer.Decide(ctx, cands[k].in)
+				if ctx.Err() == nil { // a decision cut short by the deadline is not reusable
+					memo[key] = d
+				}
+			}
+			cands[k].d = d
+		}
+		return
+	}
 	workers := min(runtime.GOMAXPROCS(0), len(cands))
 	if workers <= 1 {
 		for k := range cands {

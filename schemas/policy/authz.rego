@@ -50,6 +50,16 @@ resource_region := r if {
 	r != ""
 }
 
+# The raw values (null when absent), for rationale. Precise input refs (not
+# object.get(input, …)) keep decisions memoisable by the values they read.
+default raw_principal_region := null
+
+raw_principal_region := input.principal.attrs.region
+
+default raw_resource_region := null
+
+raw_resource_region := input.resource.attrs.region
+
 # --- Rule: admin_all ----------------------------------------------------------
 # Principals with role "admin" may perform every known action.
 
@@ -115,7 +125,7 @@ denials contains {
 	"rule": "editor_same_region",
 	"result": false,
 	"message": "principal has no region (attrs.region must be a non-empty string)",
-	"attributes": {"principal_region": object.get(input, ["principal", "attrs", "region"], null)},
+	"attributes": {"principal_region": raw_principal_region},
 } if {
 	editor_may_attempt
 	not principal_region
@@ -125,7 +135,7 @@ denials contains {
 	"rule": "editor_same_region",
 	"result": false,
 	"message": "resource has no region (attrs.region must be a non-empty string)",
-	"attributes": {"resource_region": object.get(input, ["resource", "attrs", "region"], null)},
+	"attributes": {"resource_region": raw_resource_region},
 } if {
 	editor_may_attempt
 	not resource_region
