@@ -163,8 +163,8 @@ func New(ctx context.Context, cfg Config) (*Engine, error) {
 		return nil, fmt.Errorf("%w: prepare %s: %w", ErrInvalidBundle, DecisionQuery, err)
 	}
 	return &Engine{
-		query:   pq,
-		timeout: cfg.Timeout,
+		query:      pq,
+		timeout:    cfg.Timeout,
 		version:    b.version + "+" + b.hash[:len("sha256:")+12],
 		hash:       b.hash,
 		inputPaths: inputPaths(compiler),
