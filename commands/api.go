@@ -186,6 +186,37 @@ func (a *API) limiter(tenant string) *rate.Limiter {
 	return l
 }
 
+// precheck does what every write route checks before reading the body:
+// readiness, the bearer token, the media type and the Idempotency-Key
+// header (at most maxKey characters). On failure it has written the
+// problem and returns its status.
+func (a *API) precheck(w http.ResponseWriter, r *http.Request, maxKey int) (auth.Claims, string, int) {
+	if !a.cfg.Ready() {
+		w.Header().Set("Retry-After", "1")
+		httpx.WriteProblem(w, httpx.NewProblem(http.StatusServiceUnavailable, "not-ready", "the command path is starting up or shutting down; retry shortly"))
+		return auth.Claims{}, "", http.StatusServiceUnavailable
+	}
+	claims, ok := a.authenticate(w, r)
+	if !ok {
+		return auth.Claims{}, "", http.StatusUnauthorized
+	}
+	if ct := r.Header.Get("Content-Type"); ct != "" && !strings.HasPrefix(strings.ToLower(ct), "application/json") {
+		p := httpx.NewProblem(http.StatusUnsupportedMediaType, "unsupported-media-type", "Content-Type must be application/json")
+		p.Errors = []FieldError{{Field: "header.Content-Type", Detail: "must be application/json"}}
+		httpx.WriteProblem(w, p)
+		return auth.Claims{}, "", p.Status
+	}
+	idemKey := r.Header.Get("Idempotency-Key")
+	if _, present := r.Header["Idempotency-Key"]; present && (!idemKeyRe.MatchString(idemKey) || len(idemKey) > maxKey) {
+		detail := fmt.Sprintf("Idempotency-Key must be 1-%d visible ASCII characters", maxKey)
+		p := httpx.NewProblem(http.StatusBadRequest, "validation", detail)
+		p.Errors = []FieldError{{Field: "header.Idempotency-Key", Detail: detail}}
+		httpx.WriteProblem(w, p)
+		return auth.Claims{}, "", p.Status
+	}
+	return claims, idemKey, 0
+}
+
 func tooMany(w http.ResponseWriter, retryAfter time.Duration, detail string) {
 	secs := int(math.Ceil(retryAfter.Seconds()))
 	if secs < 1 {
@@ -203,27 +234,9 @@ func (a *API) postCommand(w http.ResponseWriter, r *http.Request) {
 	}()
 	fail := func(p *httpx.Problem) { code = p.Status; httpx.WriteProblem(w, p) }
 
-	if !a.cfg.Ready() {
-		w.Header().Set("Retry-After", "1")
-		fail(httpx.NewProblem(http.StatusServiceUnavailable, "not-ready", "the command path is starting up or shutting down; retry shortly"))
-		return
-	}
-	claims, ok := a.authenticate(w, r)
-	if !ok {
-		code = http.StatusUnauthorized
-		return
-	}
-	if ct := r.Header.Get("Content-Type"); ct != "" && !strings.HasPrefix(strings.ToLower(ct), "application/json") {
-		p := httpx.NewProblem(http.StatusUnsupportedMediaType, "unsupported-media-type", "Content-Type must be application/json")
-		p.Errors = []FieldError{{Field: "header.Content-Type", Detail: "must be application/json"}}
-		fail(p)
-		return
-	}
-	idemKey := r.Header.Get("Idempotency-Key")
-	if _, present := r.Header["Idempotency-Key"]; present && !idemKeyRe.MatchString(idemKey) {
-		p := httpx.NewProblem(http.StatusBadRequest, "validation", "Idempotency-Key must be 1-255 visible ASCII characters")
-		p.Errors = []FieldError{{Field: "header.Idempotency-Key", Detail: "must be 1-255 visible ASCII characters"}}
-		fail(p)
+	claims, idemKey, status := a.precheck(w, r, 255)
+	if status != 0 {
+		code = status
 		return
 	}
 	select {

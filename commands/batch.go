@@ -7,7 +7,6 @@ import (
 	"fmt"
 	"net/http"
 	"strconv"
-	"strings"
 	"time"
 
 	"github.com/twmb/franz-go/pkg/kgo"
@@ -56,26 +55,9 @@ type BatchResponse struct {
 // item has its outcome. With an Idempotency-Key header K, item i uses the key
 // K/i, so a retried batch replays instead of re-applying.
 func (a *API) postBatch(w http.ResponseWriter, r *http.Request) {
-	if !a.cfg.Ready() {
-		w.Header().Set("Retry-After", "1")
-		httpx.WriteProblem(w, httpx.NewProblem(http.StatusServiceUnavailable, "not-ready", "the command path is starting up or shutting down; retry shortly"))
-		return
-	}
-	claims, ok := a.authenticate(w, r)
-	if !ok {
-		return
-	}
-	if ct := r.Header.Get("Content-Type"); ct != "" && !strings.HasPrefix(strings.ToLower(ct), "application/json") {
-		p := httpx.NewProblem(http.StatusUnsupportedMediaType, "unsupported-media-type", "Content-Type must be application/json")
-		p.Errors = []FieldError{{Field: "header.Content-Type", Detail: "must be application/json"}}
-		httpx.WriteProblem(w, p)
-		return
-	}
-	idemKey := r.Header.Get("Idempotency-Key")
-	if _, present := r.Header["Idempotency-Key"]; present && (!idemKeyRe.MatchString(idemKey) || len(idemKey) > 240) {
-		p := httpx.NewProblem(http.StatusBadRequest, "validation", "Idempotency-Key must be 1-240 visible ASCII characters for a batch")
-		p.Errors = []FieldError{{Field: "header.Idempotency-Key", Detail: "must be 1-240 visible ASCII characters"}}
-		httpx.WriteProblem(w, p)
+	// Item i uses the key K/i, so the batch key leaves room for the suffix.
+	claims, idemKey, status := a.precheck(w, r, 240)
+	if status != 0 {
 		return
 	}
 	body, err := readBody(w, r, MaxBatchBytes)
