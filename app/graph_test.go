@@ -192,6 +192,13 @@ func TestGraphPoisonGoesToDLQ(t *testing.T) {
 			if !strings.Contains(reason, "envelope") {
 				t.Fatalf("DLQ record without a reason naming the problem: headers %v", found.Headers)
 			}
+			hdr := map[string]string{}
+			for _, h := range found.Headers {
+				hdr[h.Key] = string(h.Value)
+			}
+			if hdr["source_topic"] != events.TopicEvents || hdr["source_partition"] != "0" || hdr["source_offset"] == "" {
+				t.Fatalf("DLQ record lacks its source: %v", hdr)
+			}
 			return
 		}
 	}

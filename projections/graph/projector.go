@@ -252,6 +252,10 @@ func (p *Projector) handle(msg *message.Message) error {
 	p.applyMu.RLock()
 	defer p.applyMu.RUnlock()
 	if err := p.apply(msg.Payload); err != nil {
+		// Where it came from travels with it to the DLQ (as record headers).
+		msg.Metadata.Set("source_topic", events.TopicEvents)
+		msg.Metadata.Set("source_partition", strconv.Itoa(int(part)))
+		msg.Metadata.Set("source_offset", strconv.FormatInt(off, 10))
 		p.poisoned.Inc()
 		p.log.Error("receipt sent to DLQ", "partition", part, "offset", off, "err", err)
 		p.recordOffset(part, off)
