@@ -1,3 +1,5 @@
+//go:build apiprof
+
 // Package apiprof_test profiles the command write path in one process: it
 // builds the same app `companyos dev` runs (embedded Kafka in a temp data
 // dir, a fresh Postgres database and ClickHouse database) and drives it over
@@ -9,11 +11,12 @@
 // one CPU profile splits cleanly between the two; the rest is runtime work
 // that belongs to neither (mostly background GC).
 //
-// It only runs when asked, because it needs the local stores
+// It is a profiling harness, not part of the test suite: it is compiled
+// only with the apiprof build tag, needs the local stores
 // (deploy/local/up.sh) and takes a while:
 //
-//	go test ./bench/apiprof -run TestProfileCommandAPI -count=1 -v \
-//	    -apiprof -apiprof.duration 20s -apiprof.concurrency 64 -cpuprofile /tmp/cos-cpu.out
+//	go test -tags apiprof ./bench/apiprof -run TestProfileCommandAPI -count=1 -v \
+//	    -apiprof.duration 20s -apiprof.concurrency 64 -cpuprofile /tmp/cos-cpu.out
 //	go tool pprof -tags /tmp/cos-cpu.out                        # server vs client split
 //	go tool pprof -tagfocus side=server -top /tmp/cos-cpu.out   # where the server's CPU goes
 package apiprof_test
@@ -34,7 +37,6 @@ import (
 )
 
 var (
-	enabled     = flag.Bool("apiprof", false, "run the in-process command API profile (needs deploy/local/up.sh)")
 	duration    = flag.Duration("apiprof.duration", 20*time.Second, "measured window")
 	warmup      = flag.Duration("apiprof.warmup", 3*time.Second, "warmup before the window")
 	concurrency = flag.Int("apiprof.concurrency", 64, "closed-loop workers (with -apiprof.rate 0)")
@@ -44,9 +46,6 @@ var (
 )
 
 func TestProfileCommandAPI(t *testing.T) {
-	if !*enabled {
-		t.Skip("pass -apiprof to run (needs Postgres and ClickHouse from deploy/local/up.sh)")
-	}
 	pgDSN := stores.TestPostgres(t)
 	chAddr, chDB := stores.TestClickHouse(t)
 	ctx, cancel := context.WithCancel(context.Background())
