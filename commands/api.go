@@ -26,9 +26,7 @@ import (
 )
 
 // TokenVerifier authenticates bearer tokens.
-type TokenVerifier interface {
-	Verify(token string) (auth.Claims, error)
-}
+type TokenVerifier = httpx.TokenVerifier
 
 // APIConfig configures the command API.
 type APIConfig struct {
@@ -156,21 +154,7 @@ func (a *API) Drain(ctx context.Context) error {
 }
 
 func (a *API) authenticate(w http.ResponseWriter, r *http.Request) (auth.Claims, bool) {
-	tok, err := auth.BearerToken(r)
-	if err == nil {
-		var c auth.Claims
-		if c, err = a.cfg.Tokens.Verify(tok); err == nil {
-			return c, true
-		}
-	}
-	w.Header().Set("WWW-Authenticate", `Bearer realm="companyos", error="invalid_token", error_description=`+strconv.Quote(err.Error()))
-	if errors.Is(err, auth.ErrMissingToken) {
-		w.Header().Set("WWW-Authenticate", `Bearer realm="companyos"`)
-	}
-	p := httpx.NewProblem(http.StatusUnauthorized, "unauthorized", err.Error())
-	p.Errors = []FieldError{{Field: "header.Authorization", Detail: err.Error()}}
-	httpx.WriteProblem(w, p)
-	return auth.Claims{}, false
+	return httpx.Authenticate(w, r, a.cfg.Tokens)
 }
 
 var idemKeyRe = regexp.MustCompile(`^[\x21-\x7e]{1,255}$`)

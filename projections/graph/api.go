@@ -15,15 +15,12 @@ import (
 
 	"github.com/prometheus/client_golang/prometheus"
 
-	"github.com/companyos/companyos/auth"
 	"github.com/companyos/companyos/events"
 	"github.com/companyos/companyos/internal/httpx"
 )
 
 // TokenVerifier authenticates bearer tokens.
-type TokenVerifier interface {
-	Verify(token string) (auth.Claims, error)
-}
+type TokenVerifier = httpx.TokenVerifier
 
 // APIConfig configures the graph query API.
 type APIConfig struct {
@@ -104,14 +101,8 @@ func problem(w http.ResponseWriter, status int, kind, field, detail string) {
 }
 
 func (a *API) query(w http.ResponseWriter, r *http.Request) {
-	tok, err := auth.BearerToken(r)
-	var claims auth.Claims
-	if err == nil {
-		claims, err = a.cfg.Tokens.Verify(tok)
-	}
-	if err != nil {
-		w.Header().Set("WWW-Authenticate", `Bearer realm="companyos", error="invalid_token"`)
-		problem(w, http.StatusUnauthorized, "unauthorized", "header.Authorization", err.Error())
+	claims, ok := httpx.Authenticate(w, r, a.cfg.Tokens)
+	if !ok {
 		return
 	}
 	body, err := io.ReadAll(http.MaxBytesReader(w, r.Body, 64<<10))

@@ -17,9 +17,7 @@ import (
 )
 
 // TokenVerifier authenticates bearer tokens.
-type TokenVerifier interface {
-	Verify(token string) (auth.Claims, error)
-}
+type TokenVerifier = httpx.TokenVerifier
 
 // APIConfig configures the provenance API.
 type APIConfig struct {
@@ -81,17 +79,7 @@ func problem(w http.ResponseWriter, status int, kind, field, detail string) {
 }
 
 func (a *API) claims(w http.ResponseWriter, r *http.Request) (auth.Claims, bool) {
-	tok, err := auth.BearerToken(r)
-	var c auth.Claims
-	if err == nil {
-		c, err = a.cfg.Tokens.Verify(tok)
-	}
-	if err != nil {
-		w.Header().Set("WWW-Authenticate", `Bearer realm="companyos", error="invalid_token"`)
-		problem(w, http.StatusUnauthorized, "unauthorized", "header.Authorization", err.Error())
-		return auth.Claims{}, false
-	}
-	return c, true
+	return httpx.Authenticate(w, r, a.cfg.Tokens)
 }
 
 func (a *API) fail(w http.ResponseWriter, err error) {
