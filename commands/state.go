@@ -1,7 +1,6 @@
 package commands
 
 import (
-	"bytes"
 	"encoding/json"
 	"fmt"
 	"maps"
@@ -129,8 +128,8 @@ func (s *TenantState) unlink(r events.Relation) {
 	}
 }
 
-// applyOwn folds a receipt this processor just built, with its change
-// still in hand (no need to decode what was just encoded).
+// applyOwn folds a receipt whose change is already decoded (the processor's
+// own receipts keep it in hand; ApplyReceipt decodes it from the log).
 func (s *TenantState) applyOwn(r events.Receipt, payload []byte, c *events.Change) error {
 	if err := s.Chain.Append(r, payload); err != nil {
 		return err
@@ -156,29 +155,12 @@ func (s *TenantState) applyOwn(r events.Receipt, payload []byte, c *events.Chang
 // it checks the hash chain, applies an allowed change and remembers the
 // command's outcome.
 func (s *TenantState) ApplyReceipt(r events.Receipt, payload []byte) error {
-	if err := s.Chain.Append(r, payload); err != nil {
+	c, err := r.StateChange()
+	if err != nil {
 		return err
 	}
-	version := uint64(0)
-	if r.Decision == events.DecisionAllow && len(r.Change) > 0 && string(r.Change) != "null" {
-		var c events.Change
-		dec := json.NewDecoder(bytes.NewReader(r.Change))
-		dec.UseNumber()
-		if err := dec.Decode(&c); err != nil {
-			return fmt.Errorf("commands: receipt %s: change: %w", r.ID, err)
-		}
-		if err := s.ApplyChange(&c); err != nil {
-			return fmt.Errorf("commands: receipt %s: %w", r.ID, err)
-		}
-		if c.Entity != nil {
-			version = c.Entity.Version
-		}
+	if err := s.applyOwn(r, payload, c); err != nil {
+		return fmt.Errorf("commands: receipt %s: %w", r.ID, err)
 	}
-	o := Outcome{CommandID: r.CommandID, ReceiptID: r.ID, Decision: r.Decision, Seq: r.Seq,
-		Version: version, BodyHash: r.EvidenceHash}
-	if r.Decision == events.DecisionDeny {
-		o.Rationale = r.Rationale // only a replayed deny needs it
-	}
-	s.Commands[r.CommandID] = o
 	return nil
 }

@@ -1,5 +1,11 @@
 package events
 
+import (
+	"bytes"
+	"encoding/json"
+	"fmt"
+)
+
 // Entity is a node of the company graph as a receipt's change records it:
 // the full state after the command, so a projection never needs history.
 type Entity struct {
@@ -35,4 +41,20 @@ type Change struct {
 	Entity   *Entity    `json:"entity,omitempty"`
 	Relation *Relation  `json:"relation,omitempty"`
 	Unlinked []Relation `json:"unlinked,omitempty"`
+}
+
+// StateChange decodes the change an allowed receipt applies; it is nil for a
+// deny (or a receipt without one). Numbers stay json.Number, so attribute
+// values round-trip exactly.
+func (r Receipt) StateChange() (*Change, error) {
+	if r.Decision != DecisionAllow || len(r.Change) == 0 || string(r.Change) == "null" {
+		return nil, nil
+	}
+	var c Change
+	dec := json.NewDecoder(bytes.NewReader(r.Change))
+	dec.UseNumber()
+	if err := dec.Decode(&c); err != nil {
+		return nil, fmt.Errorf("events: receipt %s: change: %w", r.ID, err)
+	}
+	return &c, nil
 }

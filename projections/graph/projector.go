@@ -1,9 +1,7 @@
 package graph
 
 import (
-	"bytes"
 	"context"
-	"encoding/json"
 	"errors"
 	"fmt"
 	"log/slog"
@@ -283,14 +281,9 @@ func (p *Projector) apply(value []byte) error {
 	if err != nil {
 		return err
 	}
-	var c *events.Change
-	if r.Decision == events.DecisionAllow && len(r.Change) > 0 && string(r.Change) != "null" {
-		c = &events.Change{}
-		dec := json.NewDecoder(bytes.NewReader(r.Change))
-		dec.UseNumber()
-		if err := dec.Decode(c); err != nil {
-			return fmt.Errorf("receipt %s: change: %w", r.ID, err)
-		}
+	c, err := r.StateChange()
+	if err != nil {
+		return err
 	}
 	return p.tenants.Apply(r.Tenant, r.Seq, c)
 }
