@@ -37,9 +37,12 @@ const amrMFA = "mfa"
 
 var (
 	principalPattern = regexp.MustCompile(`^[a-z][a-z0-9_-]*:[A-Za-z0-9._\-/@]+$`)
-	tenantPattern    = regexp.MustCompile(`^[a-z0-9][a-z0-9-]{0,62}$`)
 	rolePattern      = regexp.MustCompile(`^[a-z][a-z0-9_-]{0,63}$`)
 )
+
+// TenantPattern is what a tenant name looks like, everywhere a tenant is
+// named: tokens, commands, queries.
+var TenantPattern = regexp.MustCompile(`^[a-z0-9][a-z0-9-]{0,62}$`)
 
 // Claims is what a verified token says about its bearer.
 type Claims struct {
@@ -172,8 +175,8 @@ func validateTenants(tenants []string) []error {
 	}
 	var errs []error
 	for i, t := range tenants {
-		if !tenantPattern.MatchString(t) {
-			errs = append(errs, fmt.Errorf("tenants[%d]: %q is not a tenant name (%s)", i, t, tenantPattern))
+		if !TenantPattern.MatchString(t) {
+			errs = append(errs, fmt.Errorf("tenants[%d]: %q is not a tenant name (%s)", i, t, TenantPattern))
 		}
 	}
 	return errs

@@ -18,6 +18,7 @@ import (
 	"strings"
 	"unicode/utf8"
 
+	"github.com/companyos/companyos/auth"
 	"github.com/companyos/companyos/internal/httpx"
 )
 
@@ -45,7 +46,7 @@ const (
 )
 
 var (
-	tenantRe   = regexp.MustCompile(`^[a-z0-9][a-z0-9-]{0,62}$`)
+	tenantRe   = auth.TenantPattern
 	entityIDRe = regexp.MustCompile(`^[a-z][a-z0-9_-]{0,31}:[A-Za-z0-9._\-/@*]+$`)
 	kindRe     = regexp.MustCompile(`^[a-z][a-z0-9_]{0,31}$`)
 	relRe      = regexp.MustCompile(`^[a-z][a-z0-9_]{0,63}$`)

@@ -8,13 +8,13 @@ import (
 	"fmt"
 	"io"
 	"net/http"
-	"regexp"
 	"strconv"
 	"strings"
 	"time"
 
 	"github.com/prometheus/client_golang/prometheus"
 
+	"github.com/companyos/companyos/auth"
 	"github.com/companyos/companyos/events"
 	"github.com/companyos/companyos/internal/httpx"
 )
@@ -90,7 +90,7 @@ type QueryRequest struct {
 	Cursor      string          `json:"cursor,omitempty"`
 }
 
-var tenantRe = regexp.MustCompile(`^[a-z0-9][a-z0-9-]{0,62}$`)
+var tenantRe = auth.TenantPattern
 
 func problem(w http.ResponseWriter, status int, kind, field, detail string) {
 	p := httpx.NewProblem(status, kind, detail)

@@ -6,7 +6,6 @@ import (
 	"errors"
 	"fmt"
 	"net/http"
-	"regexp"
 	"strconv"
 	"time"
 
@@ -68,7 +67,7 @@ func (a *API) Register(mux *http.ServeMux) {
 	}
 }
 
-var tenantRe = regexp.MustCompile(`^[a-z0-9][a-z0-9-]{0,62}$`)
+var tenantRe = auth.TenantPattern
 
 func problem(w http.ResponseWriter, status int, kind, field, detail string) {
 	p := httpx.NewProblem(status, kind, detail)
