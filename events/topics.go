@@ -19,6 +19,12 @@ const (
 	TopicEvents   = "companyos.events.v1"
 	TopicReplies  = "companyos.replies.v1"
 	TopicDLQ      = "companyos.dlq.v1"
+	// TopicMetering carries usage as CloudEvents (metering/), keyed by
+	// tenant; it is not co-partitioned with the others.
+	TopicMetering = "metering.events.v1"
+	// TopicPolicyUpdates carries published policy bundles; every processor
+	// follows it and hot-reloads (one partition: a total order of bundles).
+	TopicPolicyUpdates = "policy.bundle.updates"
 )
 
 // TopicsConfig says how to create the topics.
@@ -49,9 +55,15 @@ func EnsureTopics(ctx context.Context, cl *kgo.Client, cfg TopicsConfig) error {
 		{TopicEvents, map[string]*string{"retention.ms": &forever, "cleanup.policy": &deletePolicy}},
 		{TopicReplies, map[string]*string{"retention.ms": &hour}},
 		{TopicDLQ, map[string]*string{"retention.ms": &forever}},
+		{TopicMetering, map[string]*string{"retention.ms": &forever, "cleanup.policy": &deletePolicy}},
+		{TopicPolicyUpdates, map[string]*string{"retention.ms": &forever, "cleanup.policy": &deletePolicy}},
 	}
 	for _, s := range specs {
-		resp, err := adm.CreateTopic(ctx, cfg.Partitions, cfg.ReplicationFactor, s.configs, s.name)
+		parts := cfg.Partitions
+		if s.name == TopicPolicyUpdates {
+			parts = 1
+		}
+		resp, err := adm.CreateTopic(ctx, parts, cfg.ReplicationFactor, s.configs, s.name)
 		if err != nil && !errors.Is(err, kerr.TopicAlreadyExists) {
 			return fmt.Errorf("events: create topic %s: %w", s.name, err)
 		}
