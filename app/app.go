@@ -7,6 +7,7 @@ package app
 import (
 	"context"
 	"crypto/ed25519"
+	"encoding/json"
 	"errors"
 	"fmt"
 	"io/fs"
@@ -33,6 +34,7 @@ import (
 	"github.com/companyos/companyos/events"
 	"github.com/companyos/companyos/internal/httpx"
 	"github.com/companyos/companyos/internal/keyfile"
+	"github.com/companyos/companyos/internal/keystore"
 	"github.com/companyos/companyos/internal/stores"
 	"github.com/companyos/companyos/policy"
 	"github.com/companyos/companyos/projections/graph"
@@ -89,6 +91,13 @@ type Config struct {
 	// (PEM PKCS#8 Ed25519), distinct from the receipt signing key. Dev
 	// default DataDir/ledger.key (created); serve: required.
 	LedgerKeyFile string
+	// KeystoreKeyFile is the key-encryption key of the selective-disclosure
+	// keystore (32 raw bytes). Dev default DataDir/keystore.key (created);
+	// serve: required.
+	KeystoreKeyFile string
+	// SelectiveAttrs are entity attributes always committed instead of
+	// stored in receipts (selective disclosure). Default none.
+	SelectiveAttrs []string
 	// CheckpointInterval between ledger checkpoints. Default 10s.
 	CheckpointInterval time.Duration
 	// RatePerTenant, Burst, MaxInFlight, CommandTimeout: write-path limits
@@ -147,6 +156,7 @@ func (c *Config) Defaults() {
 	if c.Mode == ModeDev {
 		def(&c.SigningKeyFile, filepath.Join(c.DataDir, "signing.key"))
 		def(&c.LedgerKeyFile, filepath.Join(c.DataDir, "ledger.key"))
+		def(&c.KeystoreKeyFile, filepath.Join(c.DataDir, "keystore.key"))
 	}
 	if len(c.Roles) == 0 {
 		c.Roles = []string{"api", "processor", "ledger"}
@@ -179,6 +189,9 @@ func (c Config) Validate() error {
 		}
 		if c.LedgerKeyFile == "" {
 			errs = append(errs, errors.New("--ledger-key-file: required in serve mode"))
+		}
+		if c.KeystoreKeyFile == "" {
+			errs = append(errs, errors.New("--keystore-key-file: required in serve mode"))
 		}
 	default:
 		errs = append(errs, fmt.Errorf("mode %q: want dev or serve", c.Mode))
@@ -243,6 +256,37 @@ type App struct {
 
 	ready   atomic.Bool
 	closers []func()
+}
+
+// discloseAuthorizer asks the policy whether the caller may see selective
+// fields of a subject (action provenance.disclose).
+func discloseAuthorizer(engine *policy.Engine) ledger.DiscloseAuthorizer {
+	return func(ctx context.Context, c auth.Claims, tenant, subject string, fields []string) (bool, json.RawMessage) {
+		d := engine.Decide(ctx, policy.Input{Action: "provenance.disclose", Tenant: tenant,
+			Principal: policy.Principal{ID: c.Principal, Roles: c.Roles, MFA: c.MFA, Attrs: map[string]any{}},
+			Resource:  policy.Resource{ID: subject, Attrs: map[string]any{"fields": fields}, Exists: true}})
+		b, _ := json.Marshal(d.Rationale)
+		return d.Allow, b
+	}
+}
+
+// loadKEK reads (dev: creates) the keystore's key-encryption key.
+func (a *App) loadKEK() ([]byte, error) {
+	if a.cfg.Mode == ModeDev {
+		k, err := keystore.LoadOrCreateKEK(a.cfg.KeystoreKeyFile)
+		if err != nil {
+			return nil, fmt.Errorf("--keystore-key-file: %w", err)
+		}
+		return k, nil
+	}
+	b, err := os.ReadFile(a.cfg.KeystoreKeyFile)
+	if err != nil {
+		return nil, fmt.Errorf("--keystore-key-file: %w", err)
+	}
+	if len(b) != keystore.KEKSize {
+		return nil, fmt.Errorf("--keystore-key-file: %s holds %d bytes, want %d", a.cfg.KeystoreKeyFile, len(b), keystore.KEKSize)
+	}
+	return b, nil
 }
 
 // New wires every component. On error, everything already started is closed.
@@ -318,6 +362,14 @@ func New(ctx context.Context, cfg Config) (a *App, err error) {
 		return nil, err
 	}
 	checkpointSigner := ledger.CheckpointSigner{Name: "companyos-ledger", Key: ledgerKey}
+	kek, err := a.loadKEK()
+	if err != nil {
+		return nil, err
+	}
+	subjectKeys, err := keystore.New(a.pg, kek)
+	if err != nil {
+		return nil, err
+	}
 	receiptKeys := keyfile.KeySet{Keys: []keyfile.PublicKey{signer.Public()}}
 	if cfg.has("ledger") {
 		a.ledgerP, err = ledger.NewProjector(ledger.Config{Brokers: a.brokers, Pool: a.pg, Signer: checkpointSigner, Keys: &receiptKeys,
@@ -339,7 +391,7 @@ func New(ctx context.Context, cfg Config) (a *App, err error) {
 	if cfg.has("processor") {
 		a.processor, err = commands.NewProcessor(commands.ProcessorConfig{
 			Brokers: a.brokers, InstanceID: cfg.InstanceID, TransactionalID: transactionalID(cfg), Signer: signer, Policy: engine,
-			Logger: a.log, Registerer: a.reg,
+			Logger: a.log, Registerer: a.reg, SubjectKeys: subjectKeys, SelectiveAttrs: cfg.SelectiveAttrs,
 		})
 		if err != nil {
 			return nil, err
@@ -377,7 +429,8 @@ func New(ctx context.Context, cfg Config) (a *App, err error) {
 		if err != nil {
 			return nil, err
 		}
-		ledgerAPI, err := ledger.NewAPI(ledger.APIConfig{Ledger: provenance, Tokens: verifier, Metrics: httpMetrics})
+		ledgerAPI, err := ledger.NewAPI(ledger.APIConfig{Ledger: provenance, Tokens: verifier, Metrics: httpMetrics,
+			Disclose: discloseAuthorizer(engine), SubjectKeys: subjectKeys})
 		if err != nil {
 			return nil, err
 		}

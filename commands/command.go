@@ -66,13 +66,18 @@ type EntityCreate struct {
 	ID    string         `json:"id"`
 	Kind  string         `json:"kind"`
 	Attrs map[string]any `json:"attrs,omitempty"`
+	// Selective names attributes whose values are committed in the receipt
+	// as salted hashes instead of stored in it (selective disclosure); the
+	// processor's configured defaults (e.g. email) are always selective.
+	Selective []string `json:"selective,omitempty"`
 }
 
 // EntityUpdate is the payload of entity.update: a JSON merge patch of the
 // attributes (a null value removes the attribute).
 type EntityUpdate struct {
-	ID    string         `json:"id"`
-	Attrs map[string]any `json:"attrs"`
+	ID        string         `json:"id"`
+	Attrs     map[string]any `json:"attrs"`
+	Selective []string       `json:"selective,omitempty"` // as in EntityCreate
 }
 
 // EntityDelete is the payload of entity.delete. Without Cascade an entity that
@@ -229,12 +234,14 @@ func (c Command) Validate() (any, error) {
 			ve.add("payload.kind", "must match %s", kindRe)
 		}
 		validateAttrs(ve, "payload.attrs", p.Attrs, false)
+		validateSelective(ve, p.Selective, p.Attrs)
 	case *EntityUpdate:
 		validateEntityID(ve, "payload.id", p.ID)
 		if len(p.Attrs) == 0 {
 			ve.add("payload.attrs", "required: the attribute patch must change at least one attribute")
 		}
 		validateAttrs(ve, "payload.attrs", p.Attrs, true)
+		validateSelective(ve, p.Selective, p.Attrs)
 	case *EntityDelete:
 		validateEntityID(ve, "payload.id", p.ID)
 	case *RelationChange:
@@ -262,6 +269,23 @@ func validateEntityID(ve *ValidationError, field, id string) {
 		ve.add(field, "must not contain '*' (reserved for queries)")
 	case !entityIDRe.MatchString(id):
 		ve.add(field, "must look like <prefix>:<name>, e.g. svc:A (pattern %s)", entityIDRe)
+	}
+}
+
+// validateSelective checks that every selective name is a set attribute.
+func validateSelective(ve *ValidationError, names []string, attrs map[string]any) {
+	seen := map[string]bool{}
+	for i, n := range names {
+		f := fmt.Sprintf("payload.selective[%d]", i)
+		switch v, ok := attrs[n]; {
+		case seen[n]:
+			ve.add(f, "attribute %q listed twice", n)
+		case !ok:
+			ve.add(f, "attribute %q is not in payload.attrs", n)
+		case v == nil:
+			ve.add(f, "attribute %q is being removed (null); there is no value to commit to", n)
+		}
+		seen[n] = true
 	}
 }
 

@@ -53,6 +53,12 @@ type ProcessorConfig struct {
 	MaxPollRecords int
 	// Now is the clock (optional, for tests).
 	Now func() time.Time
+	// SubjectKeys seals selective attribute values (optional; without it a
+	// command with selective attributes is refused with 422).
+	SubjectKeys SubjectKeys
+	// SelectiveAttrs are attribute names always treated as selective, e.g.
+	// "email" (optional, default none; commands may name more).
+	SelectiveAttrs []string
 }
 
 // Validate reports every missing required field.
@@ -371,7 +377,20 @@ func (p *Processor) handle(ctx context.Context, ps *partitionState, rec *kgo.Rec
 		st = NewTenantState(cmd.Tenant)
 		ps.tenants[cmd.Tenant] = st
 	}
-	bodyHash := events.EvidenceHash(req.Command)
+	receiptID := ReceiptIDFor(req.CommandID)
+	sl, vp, err := p.sealSelective(ctx, cmd.Tenant, req.CommandID, receiptID, req.Command, payload)
+	if vp != nil {
+		reply(Reply{Status: vp.Status, Problem: vp})
+		return ""
+	}
+	if err != nil {
+		p.log.Error("selective disclosure", "tenant", cmd.Tenant, "command_id", req.CommandID, "err", err)
+		pr := httpx.NewProblem(http.StatusServiceUnavailable, "unavailable",
+			"could not seal selective attributes ("+err.Error()+"); nothing was appended; retry with the same Idempotency-Key")
+		reply(Reply{Status: pr.Status, Problem: pr})
+		return ""
+	}
+	bodyHash := events.EvidenceHash(sl.command)
 	if o, ok := st.Commands[req.CommandID]; ok {
 		if o.BodyHash != bodyHash {
 			pr := httpx.NewProblem(http.StatusUnprocessableEntity, "idempotency-key-reused",
@@ -399,10 +418,10 @@ func (p *Processor) handle(ctx context.Context, ps *partitionState, rec *kgo.Rec
 	}
 	seq, prev := st.Chain.Next()
 	r := events.Receipt{
-		ID: ReceiptIDFor(req.CommandID), Action: cmd.Type, Actor: req.Principal.ID, Tenant: cmd.Tenant,
+		ID: receiptID, Action: cmd.Type, Actor: req.Principal.ID, Tenant: cmd.Tenant,
 		Decision: res.Decision, EvidenceHash: bodyHash, PolicyVersion: d.PolicyVersion,
-		CreatedAt: p.cfg.Now().UTC(), Selective: map[string]string{}, Seq: seq, PrevHash: prev,
-		CommandID: req.CommandID, Subject: subjectOf(payload), Command: req.Command,
+		CreatedAt: p.cfg.Now().UTC(), Selective: sl.commitments, Seq: seq, PrevHash: prev,
+		CommandID: req.CommandID, Subject: subjectOf(payload), Command: sl.command,
 	}
 	r.Rationale, _ = json.Marshal(nonNilSlice(d.Rationale))
 	r.Obligations, _ = json.Marshal(nonNilSlice(d.Obligations))
@@ -424,12 +443,17 @@ func (p *Processor) handle(ctx context.Context, ps *partitionState, rec *kgo.Rec
 		panic(fmt.Sprintf("processor: own receipt rejected: %v", err))
 	}
 	p.metrics.decide.Observe(time.Since(start).Seconds())
-	produce(&kgo.Record{Topic: events.TopicEvents, Partition: rec.Partition, Key: []byte(cmd.Tenant), Value: value,
-		Headers: []kgo.RecordHeader{
-			{Key: "receipt_id", Value: []byte(r.ID)},
-			{Key: "tenant", Value: []byte(r.Tenant)},
-			{Key: "decision", Value: []byte(r.Decision)},
-		}})
+	headers := []kgo.RecordHeader{
+		{Key: "receipt_id", Value: []byte(r.ID)},
+		{Key: "tenant", Value: []byte(r.Tenant)},
+		{Key: "decision", Value: []byte(r.Decision)},
+	}
+	if sl.disclosures != nil && res.Decision == events.DecisionAllow {
+		// A denied command changes nothing, so its values are not kept.
+		b, _ := json.Marshal(sl.disclosures)
+		headers = append(headers, kgo.RecordHeader{Key: events.DisclosureHeader, Value: b})
+	}
+	produce(&kgo.Record{Topic: events.TopicEvents, Partition: rec.Partition, Key: []byte(cmd.Tenant), Value: value, Headers: headers})
 	reply(outcomeReply(cmd.Tenant, st.Commands[req.CommandID], false))
 	return res.Decision
 }

@@ -98,6 +98,7 @@ type SealedValue struct {
 type DisclosureSet struct {
 	Tenant  string                 `json:"tenant"`
 	Subject string                 `json:"subject"`
+	KeyID   int64                  `json:"key_id"` // the subject key (internal/keystore)
 	Fields  map[string]SealedValue `json:"fields"`
 }
 

@@ -143,6 +143,9 @@ func runServer(mode string, args []string, stderr io.Writer) int {
 	fs.DurationVar(&cfg.SnapshotInterval, "snapshot-interval", time.Minute, "how often the graph read model is snapshotted (also on shutdown)")
 	fs.DurationVar(&cfg.ConsistencyTimeout, "consistency-timeout", 5*time.Second, "how long a query with a consistency token waits for the graph to catch up")
 	fs.StringVar(&cfg.LedgerKeyFile, "ledger-key-file", "", "provenance checkpoint signing key, PEM PKCS#8 Ed25519 (dev default: <data-dir>/ledger.key, created)")
+	fs.StringVar(&cfg.KeystoreKeyFile, "keystore-key-file", "", "key-encryption key (32 raw bytes) of the selective-disclosure keystore (dev default: <data-dir>/keystore.key, created; serve: required)")
+	selective := listFlag{"email", "phone", "ssn", "salary", "date_of_birth", "home_address"}
+	fs.Var(&selective, "selective-attrs", "entity attributes always committed as salted hashes instead of stored in receipts (selective disclosure); commands may name more")
 	fs.DurationVar(&cfg.CheckpointInterval, "checkpoint-interval", 10*time.Second, "how often the ledger signs a checkpoint for each tenant whose tree grew")
 	fs.BoolVar(&cfg.Pprof, "pprof", false, "serve /debug/pprof on --metrics-addr")
 	fs.StringVar(&logLevel, "log-level", "info", "debug, info, warn or error")
@@ -171,7 +174,7 @@ func runServer(mode string, args []string, stderr io.Writer) int {
 		fmt.Fprintf(stderr, "companyos %s: %v\n", mode, err)
 		return 2
 	}
-	cfg.KafkaBrokers, cfg.Roles = brokers, roles
+	cfg.KafkaBrokers, cfg.Roles, cfg.SelectiveAttrs = brokers, roles, selective
 	var lvl slog.Level
 	if err := lvl.UnmarshalText([]byte(logLevel)); err != nil {
 		fmt.Fprintf(stderr, "companyos %s: --log-level: %v\n", mode, err)

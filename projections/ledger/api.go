@@ -1,18 +1,23 @@
 package ledger
 
 import (
+	"context"
 	"encoding/base64"
 	"encoding/json"
 	"errors"
 	"fmt"
 	"net/http"
+	"slices"
 	"strconv"
+	"strings"
 	"time"
 
 	"golang.org/x/mod/sumdb/tlog"
 
 	"github.com/companyos/companyos/auth"
+	"github.com/companyos/companyos/events"
 	"github.com/companyos/companyos/internal/httpx"
+	"github.com/companyos/companyos/internal/keystore"
 )
 
 // TokenVerifier authenticates bearer tokens.
@@ -23,6 +28,23 @@ type APIConfig struct {
 	Ledger  *Ledger        // required
 	Tokens  TokenVerifier  // required
 	Metrics *httpx.Metrics // required
+	// Disclose decides ?disclose= requests (optional; without it every
+	// disclosure is refused with 403).
+	Disclose DiscloseAuthorizer
+	// SubjectKeys opens sealed selective values (optional; without it
+	// disclosure answers 503).
+	SubjectKeys SubjectKeyReader
+}
+
+// DiscloseAuthorizer is the policy check of the provenance.disclose action:
+// may the caller see these selective fields of subject in tenant? It returns
+// the decision's rationale, which a refusal carries.
+type DiscloseAuthorizer func(ctx context.Context, c auth.Claims, tenant, subject string, fields []string) (allow bool, rationale json.RawMessage)
+
+// SubjectKeyReader returns a subject key by id (internal/keystore.Store);
+// an error wrapping keystore.ErrShredded means the value was erased.
+type SubjectKeyReader interface {
+	ByID(ctx context.Context, id int64) ([]byte, error)
 }
 
 // API serves /v1/provenance.
@@ -113,6 +135,11 @@ type ReceiptResponse struct {
 	Inclusion   InclusionProof  `json:"inclusion_proof"`
 	Checkpoint  Checkpoint      `json:"checkpoint"`
 	VerifierKey string          `json:"verifier_key"`
+	// Disclosed holds the values revealed by ?disclose=; each verifies with
+	// events.VerifyDisclosure against the payload's selective commitment.
+	Disclosed []events.Disclosure `json:"disclosed,omitempty"`
+	// Erased lists requested fields whose values were crypto-shredded.
+	Erased []string `json:"erased,omitempty"`
 }
 
 func (a *API) getReceipt(w http.ResponseWriter, r *http.Request) {
@@ -144,8 +171,80 @@ func (a *API) getReceipt(w http.ResponseWriter, r *http.Request) {
 		a.fail(w, err)
 		return
 	}
-	httpx.WriteJSON(w, http.StatusOK, ReceiptResponse{ID: rc.ID, Tenant: rc.Tenant, Seq: rc.Seq, Envelope: rc.Envelope, Redactions: rc.Redactions,
-		Inclusion: InclusionProof{TreeSize: cp.TreeSize, LeafIndex: rc.Seq - 1, Hashes: nonNil(proof)}, Checkpoint: cp, VerifierKey: l.VerifierKey()})
+	resp := ReceiptResponse{ID: rc.ID, Tenant: rc.Tenant, Seq: rc.Seq, Envelope: rc.Envelope, Redactions: rc.Redactions,
+		Inclusion: InclusionProof{TreeSize: cp.TreeSize, LeafIndex: rc.Seq - 1, Hashes: nonNil(proof)}, Checkpoint: cp, VerifierKey: l.VerifierKey()}
+	if v := r.URL.Query().Get("disclose"); v != "" {
+		if !a.disclose(w, r, c, rc, v, &resp) {
+			return
+		}
+	}
+	httpx.WriteJSON(w, http.StatusOK, resp)
+}
+
+// disclose fills resp with the requested selective values, after the
+// policy allowed the caller to see them. It answers the request itself and
+// returns false when it refuses.
+func (a *API) disclose(w http.ResponseWriter, r *http.Request, c auth.Claims, rc Receipt, list string, resp *ReceiptResponse) bool {
+	var redacted []string
+	_ = json.Unmarshal(rc.Redactions, &redacted)
+	fields := strings.Split(list, ",")
+	for i, f := range fields {
+		f = strings.TrimSpace(f)
+		fields[i] = f
+		if !slices.Contains(redacted, f) {
+			problem(w, http.StatusUnprocessableEntity, "validation", "query.disclose",
+				fmt.Sprintf("receipt %s has no selective field %q (selective: %s)", rc.ID, f, strings.Join(redacted, ", ")))
+			return false
+		}
+	}
+	slices.Sort(fields)
+	fields = slices.Compact(fields)
+	if a.cfg.Disclose == nil {
+		problem(w, http.StatusForbidden, "policy-denied", "query.disclose", "disclosure is not enabled on this server")
+		return false
+	}
+	allow, rationale := a.cfg.Disclose(r.Context(), c, rc.Tenant, rc.Subject, fields)
+	if !allow {
+		p := httpx.NewProblem(http.StatusForbidden, "policy-denied", "policy denied provenance.disclose of "+strings.Join(fields, ", "))
+		p.Errors = []httpx.FieldError{{Field: "query.disclose", Detail: "not allowed by policy"}}
+		p.Rationale = rationale
+		httpx.WriteProblem(w, p)
+		return false
+	}
+	if a.cfg.SubjectKeys == nil {
+		problem(w, http.StatusServiceUnavailable, "unavailable", "", "the keystore is not configured on this server")
+		return false
+	}
+	sealed, err := a.cfg.Ledger.Disclosures(r.Context(), rc.ID)
+	if err != nil {
+		a.fail(w, err)
+		return false
+	}
+	for _, f := range fields {
+		s, ok := sealed[f]
+		if !ok {
+			// Denied commands keep no values; a receipt projected before
+			// its header was readable has none either.
+			resp.Erased = append(resp.Erased, f)
+			continue
+		}
+		key, err := a.cfg.SubjectKeys.ByID(r.Context(), s.KeyID)
+		if errors.Is(err, keystore.ErrShredded) {
+			resp.Erased = append(resp.Erased, f)
+			continue
+		}
+		if err != nil {
+			a.fail(w, err)
+			return false
+		}
+		d, err := events.Open(key, rc.ID, f, s.Sealed)
+		if err != nil {
+			a.fail(w, err)
+			return false
+		}
+		resp.Disclosed = append(resp.Disclosed, d)
+	}
+	return true
 }
 
 func nonNil(h []tlog.Hash) []tlog.Hash {

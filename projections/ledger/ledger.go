@@ -14,6 +14,8 @@ import (
 	"github.com/jackc/pgx/v5/pgxpool"
 	"golang.org/x/mod/sumdb/note"
 	"golang.org/x/mod/sumdb/tlog"
+
+	"github.com/companyos/companyos/events"
 )
 
 // Sentinel errors, mapped to HTTP statuses only in api.go.
@@ -373,4 +375,33 @@ func (l *Ledger) List(ctx context.Context, f Filter) ([]Receipt, bool, error) {
 		out = out[:f.Limit]
 	}
 	return out, more, nil
+}
+
+// SealedDisclosure is one stored selective value of a receipt.
+type SealedDisclosure struct {
+	Subject string
+	KeyID   int64
+	Sealed  events.SealedValue
+}
+
+// Disclosures returns the sealed selective values of receipt id by field.
+func (l *Ledger) Disclosures(ctx context.Context, id string) (map[string]SealedDisclosure, error) {
+	rows, err := l.pool.Query(ctx, "SELECT field, subject, key_id, nonce, ciphertext FROM disclosures WHERE receipt_id = $1", id)
+	if err != nil {
+		return nil, fmt.Errorf("ledger: disclosures of %s: %w", id, err)
+	}
+	defer rows.Close()
+	out := map[string]SealedDisclosure{}
+	for rows.Next() {
+		var f string
+		var d SealedDisclosure
+		if err := rows.Scan(&f, &d.Subject, &d.KeyID, &d.Sealed.Nonce, &d.Sealed.Ciphertext); err != nil {
+			return nil, fmt.Errorf("ledger: disclosures of %s: %w", id, err)
+		}
+		out[f] = d
+	}
+	if err := rows.Err(); err != nil {
+		return nil, fmt.Errorf("ledger: disclosures of %s: %w", id, err)
+	}
+	return out, nil
 }

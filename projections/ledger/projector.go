@@ -6,6 +6,8 @@ import (
 	"errors"
 	"fmt"
 	"log/slog"
+	"maps"
+	"slices"
 	"sync"
 	"sync/atomic"
 	"time"
@@ -332,18 +334,19 @@ func (p *Projector) load(ctx context.Context, cl *kgo.Client) (map[int32]int64, 
 // receiptFields are the payload fields the ledger stores; the rest of the
 // payload is skipped by the decoder (rationale, command, change).
 type receiptFields struct {
-	ID            string    `json:"id"`
-	Action        string    `json:"action"`
-	Actor         string    `json:"actor"`
-	Tenant        string    `json:"tenant"`
-	Decision      string    `json:"decision"`
-	EvidenceHash  string    `json:"evidence_hash"`
-	PolicyVersion string    `json:"policy_version"`
-	CreatedAt     time.Time `json:"created_at"`
-	Seq           int64     `json:"seq"`
-	PrevHash      string    `json:"prev_hash"`
-	CommandID     string    `json:"command_id"`
-	Subject       string    `json:"subject"`
+	ID            string            `json:"id"`
+	Action        string            `json:"action"`
+	Actor         string            `json:"actor"`
+	Tenant        string            `json:"tenant"`
+	Decision      string            `json:"decision"`
+	EvidenceHash  string            `json:"evidence_hash"`
+	PolicyVersion string            `json:"policy_version"`
+	CreatedAt     time.Time         `json:"created_at"`
+	Seq           int64             `json:"seq"`
+	PrevHash      string            `json:"prev_hash"`
+	CommandID     string            `json:"command_id"`
+	Subject       string            `json:"subject"`
+	Selective     map[string]string `json:"selective"`
 }
 
 type parsed struct {
@@ -352,6 +355,9 @@ type parsed struct {
 	payload []byte
 	r       receiptFields
 	err     error // unparseable or bad signature
+	// disclosures are the sealed selective values from the record header;
+	// nil when absent or unusable (the receipt itself is still applied).
+	disclosures *events.DisclosureSet
 }
 
 func (p *Projector) parse(rec *kgo.Record) parsed {
@@ -370,6 +376,28 @@ func (p *Projector) parse(rec *kgo.Record) parsed {
 	if p.cfg.Keys != nil {
 		if err := env.Verify(*p.cfg.Keys); err != nil {
 			out.err = err
+			return out
+		}
+	}
+	for _, h := range rec.Headers {
+		if h.Key != events.DisclosureHeader {
+			continue
+		}
+		var ds events.DisclosureSet
+		switch err := json.Unmarshal(h.Value, &ds); {
+		case err != nil:
+			p.log.Error("ledger: unreadable disclosure header; selective values of this receipt are not disclosable",
+				"receipt", out.r.ID, "partition", rec.Partition, "offset", rec.Offset, "err", err)
+		case ds.Tenant != out.r.Tenant:
+			p.log.Error("ledger: disclosure header names another tenant; ignored", "receipt", out.r.ID, "header_tenant", ds.Tenant)
+		default:
+			for f := range ds.Fields {
+				if _, ok := out.r.Selective[f]; !ok {
+					p.log.Error("ledger: disclosure for a field the receipt does not commit to; ignored", "receipt", out.r.ID, "field", f)
+					delete(ds.Fields, f)
+				}
+			}
+			out.disclosures = &ds
 		}
 	}
 	return out
@@ -531,7 +559,7 @@ func (p *Projector) write(b events.Batch, ps []parsed, checkIDs bool, start time
 	trees := map[string]*batchTree{}
 	batchIDs := map[string]storedRef{}
 	batchSeqs := map[seqKey]string{} // payload hashes applied in this batch
-	var receiptRows, hashRows [][]any
+	var receiptRows, hashRows, disclosureRows [][]any
 	applied, skipped, newlyBroken := 0, 0, 0
 	breakTenant := func(h *tenantHead, t, reason string) {
 		h.broken = reason
@@ -605,7 +633,13 @@ func (p *Projector) write(b events.Batch, ps []parsed, checkIDs bool, start time
 			hashRows = append(hashRows, []any{x.tenant, base + int64(j), hh[:]})
 		}
 		receiptRows = append(receiptRows, []any{r.ID, x.tenant, r.Seq, r.Action, r.Actor, r.Decision, r.PolicyVersion, r.EvidenceHash,
-			r.CreatedAt, r.PrevHash, payloadHash, x.rec.Value, b.Partition, x.rec.Offset, r.CommandID, r.Subject})
+			r.CreatedAt, r.PrevHash, payloadHash, x.rec.Value, b.Partition, x.rec.Offset, r.CommandID, r.Subject, redactionsOf(r.Selective)})
+		if ds := x.disclosures; ds != nil {
+			for _, f := range slices.Sorted(maps.Keys(ds.Fields)) {
+				sv := ds.Fields[f]
+				disclosureRows = append(disclosureRows, []any{r.ID, f, x.tenant, ds.Subject, ds.KeyID, sv.Nonce, sv.Ciphertext})
+			}
+		}
 		batchSeqs[seqKey{x.tenant, r.Seq}] = payloadHash
 		h.seq, h.hash, h.size = r.Seq, payloadHash, h.size+1
 		applied++
@@ -613,9 +647,15 @@ func (p *Projector) write(b events.Batch, ps []parsed, checkIDs bool, start time
 
 	if len(receiptRows) > 0 {
 		if _, err := tx.CopyFrom(ctx, pgx.Identifier{"receipts"}, []string{"id", "tenant", "seq", "action", "actor", "decision", "policy_version",
-			"evidence_hash", "created_at", "prev_hash", "payload_hash", "envelope", "kafka_partition", "kafka_offset", "command_id", "subject"},
+			"evidence_hash", "created_at", "prev_hash", "payload_hash", "envelope", "kafka_partition", "kafka_offset", "command_id", "subject", "redactions"},
 			pgx.CopyFromRows(receiptRows)); err != nil {
 			return fmt.Errorf("ledger projector: copy receipts: %w", err)
+		}
+		if len(disclosureRows) > 0 {
+			if _, err := tx.CopyFrom(ctx, pgx.Identifier{"disclosures"}, []string{"receipt_id", "field", "tenant", "subject", "key_id", "nonce", "ciphertext"},
+				pgx.CopyFromRows(disclosureRows)); err != nil {
+				return fmt.Errorf("ledger projector: copy disclosures: %w", err)
+			}
 		}
 		if _, err := tx.CopyFrom(ctx, pgx.Identifier{"merkle_hashes"}, []string{"tenant", "idx", "hash"}, pgx.CopyFromRows(hashRows)); err != nil {
 			return fmt.Errorf("ledger projector: copy merkle hashes: %w", err)
@@ -676,6 +716,16 @@ func (p *Projector) write(b events.Batch, ps []parsed, checkIDs bool, start time
 		return p.afterCommit(b)
 	}
 	return nil
+}
+
+// redactionsOf is the receipts.redactions value: the selective fields whose
+// values the default view withholds (their commitments stay signed).
+func redactionsOf(selective map[string]string) []byte {
+	b, _ := json.Marshal(slices.Sorted(maps.Keys(selective)))
+	if len(selective) == 0 {
+		return []byte("[]")
+	}
+	return b
 }
 
 type seqKey struct {

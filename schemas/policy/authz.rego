@@ -151,6 +151,41 @@ denials contains {
 	principal_region != resource_region
 }
 
+# --- Rule: role_grant ---------------------------------------------------------
+# A role whose entry in data.companyos.roles lists the action under "actions"
+# and is not "regional" may perform it anywhere in the tenant (auditor:
+# provenance.disclose/export; finance: pricing.set).
+
+grants contains {
+	"rule": "role_grant",
+	"result": true,
+	"message": sprintf("role %q may perform %q", [role, input.action]),
+	"attributes": {"action": input.action, "role": role},
+} if {
+	known_action
+	some role in input.principal.roles
+	r := data.companyos.roles[role]
+	not r.regional
+	input.action in r.actions
+}
+
+denials contains {
+	"rule": "role_grant",
+	"result": false,
+	"message": sprintf("no role of the principal grants %q (roles granting it: %s)", [action, concat(", ", granting_roles)]),
+	"attributes": {"action": action, "roles": sorted_roles, "granting_roles": granting_roles},
+} if {
+	known_action
+	count(granting_roles) > 0
+}
+
+# granting_roles are the non-regional roles whose actions include the action.
+granting_roles := sort([name |
+	some name, r in data.companyos.roles
+	not r.regional
+	input.action in object.get(r, "actions", [])
+])
+
 # --- Every deny -----------------------------------------------------------------
 
 denials contains {

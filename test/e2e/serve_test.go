@@ -45,6 +45,12 @@ func TestServeAgainstExternalBroker(t *testing.T) {
 	if err := keyfile.Write(ledgerKeyFile, ledgerKey); err != nil {
 		t.Fatal(err)
 	}
+	keystoreKeyFile := filepath.Join(dir, "keystore.key")
+	kek := make([]byte, 32)
+	_, _ = rand.Read(kek)
+	if err := os.WriteFile(keystoreKeyFile, kek, 0o600); err != nil {
+		t.Fatal(err)
+	}
 	_, issuerKey, _ := ed25519.GenerateKey(rand.Reader)
 	issuer := auth.NewIssuer("companyos", issuerKey)
 	tokenKeys, _ := json.Marshal(issuer.KeySet())
@@ -67,6 +73,7 @@ func TestServeAgainstExternalBroker(t *testing.T) {
 		"--kafka-brokers=" + kafkaAddr,
 		"--signing-key-file=" + signingKeyFile,
 		"--ledger-key-file=" + ledgerKeyFile,
+		"--keystore-key-file=" + keystoreKeyFile,
 		"--token-keys-file=" + tokenKeysFile,
 		"--replication-factor=1",
 		"--partitions=3",
@@ -139,13 +146,14 @@ func TestServeValidate(t *testing.T) {
 		t.Errorf("serve --validate without --kafka-brokers: exit %d, stderr:\n%s\nwant non-zero naming --kafka-brokers", code, stderr)
 	}
 	code, _, stderr = runCLI(t, 10*time.Second, "serve", "--validate")
-	for _, flag := range []string{"--kafka-brokers", "--signing-key-file", "--token-keys-file", "--ledger-key-file"} {
+	for _, flag := range []string{"--kafka-brokers", "--signing-key-file", "--token-keys-file", "--ledger-key-file", "--keystore-key-file"} {
 		if code == 0 || !strings.Contains(stderr, flag) {
 			t.Errorf("serve --validate with nothing set: exit %d, stderr:\n%s\nwant non-zero naming %s", code, stderr, flag)
 		}
 	}
 	code, _, stderr = runCLI(t, 10*time.Second, "serve", "--validate", "--kafka-brokers=127.0.0.1:1",
-		"--signing-key-file=/nonexistent/k", "--token-keys-file=/nonexistent/t", "--ledger-key-file=/nonexistent/l")
+		"--signing-key-file=/nonexistent/k", "--token-keys-file=/nonexistent/t", "--ledger-key-file=/nonexistent/l",
+		"--keystore-key-file=/nonexistent/s")
 	if code != 0 || !strings.Contains(stderr, "valid") {
 		t.Errorf("serve --validate with every required flag: exit %d, stderr:\n%s\nwant 0", code, stderr)
 	}
