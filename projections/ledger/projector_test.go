@@ -33,7 +33,7 @@ func TestMigrateIdempotentAndConcurrent(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	if n := e.count("SELECT count(*) FROM schema_migrations"); n != len(ms) {
+	if n := e.count("SELECT count(*) FROM schema_migrations"); n != int64(len(ms)) {
 		t.Fatalf("schema_migrations has %d rows, want %d (one per migration)", n, len(ms))
 	}
 }
