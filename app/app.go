@@ -18,6 +18,7 @@ import (
 	"os"
 	"path/filepath"
 	"strings"
+	"sync"
 	"sync/atomic"
 	"time"
 
@@ -254,19 +255,29 @@ type App struct {
 	// TokenIssuer signs tokens in dev mode (nil in serve mode).
 	TokenIssuer *auth.Issuer
 
+	policy      *policy.Reloadable
+	receiptKeys keyfile.KeySet
+
 	ready   atomic.Bool
 	closers []func()
 }
 
 // discloseAuthorizer asks the policy whether the caller may see selective
-// fields of a subject (action provenance.disclose).
-func discloseAuthorizer(engine *policy.Engine) ledger.DiscloseAuthorizer {
-	return func(ctx context.Context, c auth.Claims, tenant, subject string, fields []string) (bool, json.RawMessage) {
+// fields of a subject (action provenance.disclose, a step-up action).
+func discloseAuthorizer(engine *policy.Reloadable, stepUp httpx.StepUp) ledger.DiscloseAuthorizer {
+	return func(ctx context.Context, c auth.Claims, tenant, subject string, fields []string) ledger.DiscloseDecision {
+		if stepUp.Required(c, "provenance.disclose", time.Now()) {
+			return ledger.DiscloseDecision{StepUp: &stepUp}
+		}
+		age := int64(-1)
+		if c.MFA && !c.AuthTime.IsZero() {
+			age = max(0, int64(time.Since(c.AuthTime)/time.Second))
+		}
 		d := engine.Decide(ctx, policy.Input{Action: "provenance.disclose", Tenant: tenant,
-			Principal: policy.Principal{ID: c.Principal, Roles: c.Roles, MFA: c.MFA, Attrs: map[string]any{}},
+			Principal: policy.Principal{ID: c.Principal, Roles: c.Roles, MFA: c.MFA, MFAAgeSeconds: age, Attrs: map[string]any{}},
 			Resource:  policy.Resource{ID: subject, Attrs: map[string]any{"fields": fields}, Exists: true}})
 		b, _ := json.Marshal(d.Rationale)
-		return d.Allow, b
+		return ledger.DiscloseDecision{Allow: d.Allow, Rationale: b}
 	}
 }
 
@@ -384,10 +395,16 @@ func New(ctx context.Context, cfg Config) (a *App, err error) {
 	if err != nil {
 		return nil, err
 	}
-	engine, err := policy.New(ctx, policy.Config{Bundle: bundle, Timeout: cfg.PolicyTimeout})
+	baseEngine, err := policy.New(ctx, policy.Config{Bundle: bundle, Timeout: cfg.PolicyTimeout})
 	if err != nil {
 		return nil, fmt.Errorf("policy bundle: %w", err)
 	}
+	// Every component decides through one hot-reloadable, cached engine;
+	// Run keeps it on the latest bundle published on policy.bundle.updates.
+	engine := policy.NewReloadable(baseEngine, policy.ReloadableConfig{Registerer: a.reg})
+	a.policy, a.receiptKeys = engine, receiptKeys
+	stepActions, stepAge := engine.StepUp()
+	stepUp := httpx.StepUp{Actions: stepActions, MaxAge: stepAge}
 	if cfg.has("processor") {
 		a.processor, err = commands.NewProcessor(commands.ProcessorConfig{
 			Brokers: a.brokers, InstanceID: cfg.InstanceID, TransactionalID: transactionalID(cfg), Signer: signer, Policy: engine,
@@ -410,7 +427,7 @@ func New(ctx context.Context, cfg Config) (a *App, err error) {
 			Producer: a.producer, Waiter: a.waiter, Index: a.index, Tokens: verifier,
 			Keys: keyfile.KeySet{Keys: []keyfile.PublicKey{signer.Public()}}, Ready: a.ready.Load,
 			RatePerTenant: cfg.RatePerTenant, Burst: cfg.Burst, MaxInFlight: cfg.MaxInFlight, Timeout: cfg.CommandTimeout,
-			Metrics: httpMetrics, Registerer: a.reg, Logger: a.log,
+			Metrics: httpMetrics, Registerer: a.reg, Logger: a.log, StepUp: stepUp,
 		})
 		if err != nil {
 			return nil, err
@@ -430,7 +447,7 @@ func New(ctx context.Context, cfg Config) (a *App, err error) {
 			return nil, err
 		}
 		ledgerAPI, err := ledger.NewAPI(ledger.APIConfig{Ledger: provenance, Tokens: verifier, Metrics: httpMetrics,
-			Disclose: discloseAuthorizer(engine), SubjectKeys: subjectKeys})
+			Disclose: discloseAuthorizer(engine, stepUp), SubjectKeys: subjectKeys})
 		if err != nil {
 			return nil, err
 		}
@@ -655,6 +672,17 @@ func (a *App) Run(ctx context.Context) error {
 	workers, stopWorkers := context.WithCancel(context.WithoutCancel(ctx))
 	defer stopWorkers()
 	g, gctx := errgroup.WithContext(workers)
+	// Catch up with published policy bundles before deciding anything.
+	bundles := make(chan struct{})
+	var once sync.Once
+	g.Go(func() error {
+		return commands.FollowBundles(gctx, a.brokers, a.receiptKeys, a.policy, a.log, func() { once.Do(func() { close(bundles) }) })
+	})
+	select {
+	case <-bundles:
+	case <-gctx.Done():
+	case <-ctx.Done():
+	}
 	if a.processor != nil {
 		g.Go(func() error { return a.processor.Run(gctx) })
 	}

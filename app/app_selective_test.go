@@ -31,7 +31,7 @@ func (s *stack) getReceipt(id, token, query string) response {
 
 func (s *stack) tokenWithRoles(principal string, roles []string, tenants ...string) string {
 	s.t.Helper()
-	tok, err := s.app.TokenIssuer.Issue(auth.IssueRequest{Principal: principal, Tenants: tenants, Roles: roles, TTL: time.Hour})
+	tok, err := s.app.TokenIssuer.Issue(auth.IssueRequest{Principal: principal, Tenants: tenants, Roles: roles, MFA: true, TTL: time.Hour})
 	if err != nil {
 		s.t.Fatal(err)
 	}
@@ -98,6 +98,14 @@ func TestSelectiveDisclosureEndToEnd(t *testing.T) {
 		t.Fatalf("denial without rationale: %s", denied.raw)
 	}
 	expect(t, s.getReceipt(id, reader, "?disclose=region"), 422, "validation")
+	// Disclosure is a step-up action: without a fresh MFA login, a 401
+	// challenge (RFC 9470) comes before any policy decision.
+	stale := s.token("user:carol", "pilot-1")
+	ch := s.getReceipt(id, stale, "?disclose=email")
+	expect(t, ch, 401, "step-up-required")
+	if h := ch.header.Get("WWW-Authenticate"); !strings.Contains(h, `error="insufficient_user_authentication"`) || !strings.Contains(h, "max_age=") {
+		t.Fatalf("WWW-Authenticate %q", h)
+	}
 
 	auditor := s.tokenWithRoles("user:carol", []string{"auditor"}, "pilot-1")
 	r = s.getReceipt(id, auditor, "?disclose=email,salary")

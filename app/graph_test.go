@@ -92,7 +92,7 @@ func TestGraphQueryEndToEnd(t *testing.T) {
 	}
 
 	// The processor agrees with who_can: alice may delete, bob may not.
-	alice, bob := s.token("user:alice", "g1"), s.token("user:bob", "g1")
+	alice, bob := s.tokenWithRoles("user:alice", nil, "g1"), s.tokenWithRoles("user:bob", nil, "g1") // delete is a step-up action
 	expect(t, s.do("POST", "/v1/commands", bob, `{"tenant":"g1","type":"entity.delete","payload":{"id":"dataset:prod","cascade":true}}`), 403, "policy-denied")
 	del := s.do("POST", "/v1/commands", alice, `{"tenant":"g1","type":"entity.delete","payload":{"id":"dataset:prod","cascade":true}}`)
 	expect(t, del, 201, "")

@@ -52,6 +52,9 @@ type APIConfig struct {
 	MaxInFlight int
 	// Timeout bounds one command end to end (optional, default 10s).
 	Timeout time.Duration
+	// StepUp challenges high-risk actions without a fresh MFA login with
+	// 401 before they are queued (optional; the policy denies them anyway).
+	StepUp httpx.StepUp
 	// Metrics instruments the routes (required).
 	Metrics    *httpx.Metrics
 	Registerer prometheus.Registerer // optional: command latency histogram
@@ -265,6 +268,11 @@ func (a *API) postCommand(w http.ResponseWriter, r *http.Request) {
 		p := httpx.NewProblem(http.StatusForbidden, "tenant-forbidden", fmt.Sprintf("the token is not valid for tenant %q", cmd.Tenant))
 		p.Errors = []FieldError{{Field: "tenant", Detail: "not among the token's tenants"}}
 		fail(p)
+		return
+	}
+	if a.cfg.StepUp.Required(claims, cmd.Type, time.Now()) {
+		code = http.StatusUnauthorized
+		a.cfg.StepUp.Challenge(w, cmd.Type)
 		return
 	}
 	if res := a.limiter(cmd.Tenant).Reserve(); !res.OK() || res.Delay() > 0 {

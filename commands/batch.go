@@ -109,6 +109,12 @@ func (a *API) postBatch(w http.ResponseWriter, r *http.Request) {
 		cmds[i] = c
 		perTenant[c.Tenant]++
 	}
+	for _, c := range cmds {
+		if a.cfg.StepUp.Required(claims, c.Type, time.Now()) {
+			a.cfg.StepUp.Challenge(w, c.Type)
+			return
+		}
+	}
 	if len(fieldErrs) > 0 {
 		p := httpx.NewProblem(http.StatusUnprocessableEntity, "validation", fmt.Sprintf("%d invalid field(s); nothing was submitted", len(fieldErrs)))
 		p.Errors = fieldErrs

@@ -13,9 +13,12 @@ import (
 	"errors"
 	"fmt"
 	"io"
+	"maps"
 	"regexp"
+	"slices"
 	"sort"
 	"strings"
+	"time"
 	"unicode/utf8"
 
 	"github.com/companyos/companyos/auth"
@@ -29,10 +32,15 @@ const (
 	TypeEntityDelete   = "entity.delete"
 	TypeRelationLink   = "relation.link"
 	TypeRelationUnlink = "relation.unlink"
+	TypePricingSet     = "pricing.set"
+	TypeApprovalGrant  = "approval.grant"
+	TypePolicyPublish  = "policy.bundle.publish"
 )
 
-// Types lists every command type the processor accepts.
-var Types = []string{TypeEntityCreate, TypeEntityUpdate, TypeEntityDelete, TypeRelationLink, TypeRelationUnlink}
+// Types lists every command type the processor accepts. Every one is
+// privileged: policy gates it (policy coverage checks that).
+var Types = []string{TypeEntityCreate, TypeEntityUpdate, TypeEntityDelete, TypeRelationLink, TypeRelationUnlink,
+	TypePricingSet, TypeApprovalGrant, TypePolicyPublish}
 
 // Limits on command input. Bodies larger than MaxBodyBytes are refused by the
 // HTTP layer before decoding.
@@ -59,6 +67,41 @@ type Command struct {
 	Type            string          `json:"type"`
 	ExpectedVersion *uint64         `json:"expected_version,omitempty"`
 	Payload         json.RawMessage `json:"payload"`
+	// Justification is why the caller asks (required by policy for some
+	// actions, e.g. approval.grant); it is signed into the receipt.
+	Justification string `json:"justification,omitempty"`
+}
+
+// PricingSet is the payload of pricing.set: one unit price of the catalog
+// (projections/cogs projects it into ClickHouse).
+type PricingSet struct {
+	Meter     string `json:"meter"`
+	Unit      string `json:"unit"`
+	Region    string `json:"region"` // "*" = every region
+	Currency  string `json:"currency"`
+	UnitPrice string `json:"unit_price"` // exact decimal string
+	// EffectiveFrom is when the price starts to apply (RFC 3339).
+	EffectiveFrom string `json:"effective_from"`
+	// AppliesToTenant, when set, makes a tenant-specific price that wins
+	// over the general one.
+	AppliesToTenant string `json:"applies_to_tenant,omitempty"`
+}
+
+// ApprovalGrant is the payload of approval.grant: the principal approves
+// that Requester may perform Action on Resource until ExpiresAt (default 24h,
+// at most the policy's max_approval_ttl).
+type ApprovalGrant struct {
+	Action    string     `json:"action"`
+	Resource  string     `json:"resource"`
+	Requester string     `json:"requester"`
+	ExpiresAt *time.Time `json:"expires_at,omitempty"`
+}
+
+// PolicyPublish is the payload of policy.bundle.publish: a complete bundle
+// (VERSION, *.rego, data.json files) by path. It must compile and pass its
+// own tests, or nothing is appended.
+type PolicyPublish struct {
+	Files map[string]string `json:"files"`
 }
 
 // EntityCreate is the payload of entity.create.
@@ -86,6 +129,9 @@ type EntityUpdate struct {
 type EntityDelete struct {
 	ID      string `json:"id"`
 	Cascade bool   `json:"cascade,omitempty"`
+	// Purge erases the subject after the delete (purge manifest, crypto-
+	// shredding). Deleting a dual-control (protected) resource always purges.
+	Purge bool `json:"purge,omitempty"`
 }
 
 // RelationChange is the payload of relation.link and relation.unlink.
@@ -209,6 +255,18 @@ func (c Command) Validate() (any, error) {
 		if c.ExpectedVersion != nil {
 			ve.add("expected_version", "applies to entity commands only")
 		}
+	case TypePricingSet, TypeApprovalGrant, TypePolicyPublish:
+		switch c.Type {
+		case TypePricingSet:
+			payload = &PricingSet{}
+		case TypeApprovalGrant:
+			payload = &ApprovalGrant{}
+		default:
+			payload = &PolicyPublish{}
+		}
+		if c.ExpectedVersion != nil {
+			ve.add("expected_version", "applies to entity commands only")
+		}
 	case "":
 		ve.add("type", "required")
 	default:
@@ -252,11 +310,74 @@ func (c Command) Validate() (any, error) {
 		} else if !relRe.MatchString(p.Rel) {
 			ve.add("payload.rel", "must match %s", relRe)
 		}
+	case *PricingSet:
+		validatePricing(ve, p)
+	case *ApprovalGrant:
+		if !slices.Contains(Types, p.Action) {
+			ve.add("payload.action", "must be a command type (one of %s)", strings.Join(Types, ", "))
+		}
+		validateEntityID(ve, "payload.resource", p.Resource)
+		validateEntityID(ve, "payload.requester", p.Requester)
+	case *PolicyPublish:
+		validateBundleFiles(ve, p.Files)
+	}
+	if len(c.Justification) > MaxStringLen {
+		ve.add("justification", "longer than %d bytes", MaxStringLen)
 	}
 	if err := ve.err(); err != nil {
 		return nil, err
 	}
 	return payload, nil
+}
+
+var (
+	meterRe    = regexp.MustCompile(`^[a-z][a-z0-9_]*(\.[a-z0-9_]+)*$`)
+	unitRe     = regexp.MustCompile(`^[a-z][a-z0-9_]{0,31}$`)
+	regionRe   = regexp.MustCompile(`^(\*|[a-z0-9][a-z0-9-]{0,31})$`)
+	currencyRe = regexp.MustCompile(`^[A-Z]{3}$`)
+	// A unit price: up to 18 integer and 12 fraction digits (ClickHouse
+	// Decimal(38, 12) holds any of them exactly).
+	priceRe      = regexp.MustCompile(`^(0|[1-9][0-9]{0,17})(\.[0-9]{1,12})?$`)
+	bundlePathRe = regexp.MustCompile(`^([a-z0-9_-]+/)*([A-Za-z0-9_.-]+\.(rego|json)|VERSION)$`)
+)
+
+func validatePricing(ve *ValidationError, p *PricingSet) {
+	check := func(field, v string, re *regexp.Regexp, hint string) {
+		switch {
+		case v == "":
+			ve.add(field, "required")
+		case !re.MatchString(v):
+			ve.add(field, "%s (pattern %s)", hint, re)
+		}
+	}
+	check("payload.meter", p.Meter, meterRe, "a meter name such as compute.cpu_seconds")
+	check("payload.unit", p.Unit, unitRe, "a unit such as second")
+	check("payload.region", p.Region, regionRe, `a region, or "*" for every region`)
+	check("payload.currency", p.Currency, currencyRe, "an ISO 4217 code such as USD")
+	check("payload.unit_price", p.UnitPrice, priceRe, "a non-negative decimal string such as \"0.000012\" (at most 18 integer and 12 fraction digits)")
+	if p.EffectiveFrom == "" {
+		ve.add("payload.effective_from", "required")
+	} else if _, err := time.Parse(time.RFC3339, p.EffectiveFrom); err != nil {
+		ve.add("payload.effective_from", "must be an RFC 3339 time such as 2026-01-01T00:00:00Z")
+	}
+	if p.AppliesToTenant != "" && !tenantRe.MatchString(p.AppliesToTenant) {
+		ve.add("payload.applies_to_tenant", "must match %s", tenantRe)
+	}
+}
+
+func validateBundleFiles(ve *ValidationError, files map[string]string) {
+	if len(files) == 0 {
+		ve.add("payload.files", "required: the bundle's files by path (VERSION, *.rego, data.json)")
+		return
+	}
+	if _, ok := files["VERSION"]; !ok {
+		ve.add("payload.files", "VERSION is required (a semantic version)")
+	}
+	for _, name := range slices.Sorted(maps.Keys(files)) {
+		if !bundlePathRe.MatchString(name) || strings.Contains(name, "..") {
+			ve.add("payload.files."+name, "file names must be relative paths of .rego or .json files, or VERSION")
+		}
+	}
 }
 
 func validateEntityID(ve *ValidationError, field, id string) {

@@ -35,9 +35,10 @@ type Result struct {
 	Problem *httpx.Problem
 }
 
-// PolicyInput builds what the policy sees for cmd in state st.
-func PolicyInput(st *TenantState, p Principal, cmd Command, payload any) policy.Input {
+// PolicyInput builds what the policy sees for cmd in state st at time now.
+func PolicyInput(st *TenantState, p Principal, cmd Command, payload any, now time.Time) policy.Input {
 	in := policy.Input{Action: cmd.Type, Tenant: cmd.Tenant}
+	ctx := map[string]any{}
 	switch pl := payload.(type) {
 	case *EntityCreate:
 		in.Resource = policy.Resource{ID: pl.ID, Kind: pl.Kind, Attrs: nonNil(pl.Attrs)}
@@ -48,14 +49,55 @@ func PolicyInput(st *TenantState, p Principal, cmd Command, payload any) policy.
 		in.Resource = resourceInput(st, pl.ID)
 	case *EntityDelete:
 		in.Resource = resourceInput(st, pl.ID)
+		approvals := []any{}
+		for _, a := range st.ValidApprovals(cmd.Type, pl.ID, p.ID, now) {
+			approvals = append(approvals, map[string]any{"id": a.ID, "approver": a.Approver,
+				"approver_roles": toAny(a.ApproverRoles), "expires_at": a.ExpiresAt.UTC().Format(time.RFC3339)})
+		}
+		ctx["requester"], ctx["approvals"] = p.ID, approvals
 	case *RelationChange:
 		in.Resource = resourceInput(st, pl.From)
 		t := resourceInput(st, pl.To)
 		in.Target = &t
 		in.Relation = pl.Rel
+	case *PricingSet:
+		in.Resource = policy.Resource{ID: "price:" + pl.Meter, Kind: "price", Attrs: map[string]any{
+			"meter": pl.Meter, "unit": pl.Unit, "region": pl.Region, "currency": pl.Currency, "applies_to_tenant": pl.AppliesToTenant}}
+	case *ApprovalGrant:
+		in.Resource = resourceInput(st, pl.Resource)
+		ctx["approval"] = map[string]any{"action": pl.Action, "requester": pl.Requester, "approver": p.ID}
+	case *PolicyPublish:
+		in.Resource = policy.Resource{ID: "policy:bundle", Kind: "policy_bundle", Attrs: map[string]any{}}
+	}
+	if cmd.Justification != "" {
+		ctx["justification"] = cmd.Justification
+	}
+	if len(ctx) > 0 {
+		in.Context = ctx
 	}
 	in.Principal = principalInput(st, p, cmd.Type, in.Resource.ID)
+	in.Principal.MFAAgeSeconds = mfaAge(p, now)
 	return in
+}
+
+// mfaAge is how many seconds ago the principal's MFA login happened, or -1.
+func mfaAge(p Principal, now time.Time) int64 {
+	if !p.MFA || p.AuthTime.IsZero() {
+		return -1
+	}
+	age := int64(now.Sub(p.AuthTime) / time.Second)
+	if age < 0 {
+		age = 0 // clock skew between issuer and processor
+	}
+	return age
+}
+
+func toAny(s []string) []any {
+	out := make([]any, len(s))
+	for i, v := range s {
+		out[i] = v
+	}
+	return out
 }
 
 func nonNilStrings(s []string) []string {
@@ -139,6 +181,14 @@ func Decide(st *TenantState, cmd Command, payload any, d policy.Decision) Result
 			return decideLink(st, p)
 		}
 		return decideUnlink(st, p)
+	case *PricingSet, *PolicyPublish:
+		// No tenant state changes; the receipt is the record (projected by
+		// projections/cogs, resp. published to policy.bundle.updates).
+		return Result{Status: http.StatusCreated, Decision: events.DecisionAllow}
+	case *ApprovalGrant:
+		// The processor completes the approval (id, approver, times).
+		return Result{Status: http.StatusCreated, Decision: events.DecisionAllow, Change: &events.Change{Op: events.OpApprovalGrant,
+			Approval: &events.Approval{Action: p.Action, Resource: p.Resource, Requester: p.Requester, Justification: cmd.Justification}}}
 	}
 	return reject(http.StatusUnprocessableEntity, "validation", fmt.Sprintf("unsupported payload %T", payload))
 }

@@ -5,6 +5,7 @@ import (
 	"net/http"
 	"strings"
 	"testing"
+	"time"
 
 	"github.com/companyos/companyos/events"
 	"github.com/companyos/companyos/policy"
@@ -156,7 +157,7 @@ func TestPolicyInputMergesRoles(t *testing.T) {
 	_ = st.ApplyChange(&events.Change{Op: events.OpEntityPut, Entity: &events.Entity{ID: "user:alice", Kind: "user",
 		Attrs: map[string]any{"roles": []any{"editor"}, "region": "us"}, Version: 1}})
 	cmd, payload := mustCmd(t, `{"tenant":"t1","type":"relation.link","payload":{"from":"svc:A","rel":"calls","to":"db:orders"}}`)
-	in := PolicyInput(st, Principal{ID: "user:alice", Roles: []string{"auditor", "editor"}}, cmd, payload)
+	in := PolicyInput(st, Principal{ID: "user:alice", Roles: []string{"auditor", "editor"}}, cmd, payload, time.Now())
 	if got := strings.Join(in.Principal.Roles, ","); got != "auditor,editor" {
 		t.Errorf("roles = %s", got)
 	}
@@ -185,14 +186,15 @@ func TestDecideWithStarterPolicy(t *testing.T) {
 		body      string
 		status    int
 	}{
-		{Principal{ID: "user:root", Roles: []string{"admin"}}, `{"tenant":"t1","type":"entity.delete","payload":{"id":"svc:A","cascade":true}}`, http.StatusCreated},
+		{Principal{ID: "user:root", Roles: []string{"admin"}, MFA: true, AuthTime: time.Now()}, `{"tenant":"t1","type":"entity.delete","payload":{"id":"svc:A","cascade":true}}`, http.StatusCreated},
+		{Principal{ID: "user:root", Roles: []string{"admin"}}, `{"tenant":"t1","type":"entity.delete","payload":{"id":"svc:A","cascade":true}}`, http.StatusForbidden},
 		{Principal{ID: "user:ed"}, `{"tenant":"t1","type":"entity.update","payload":{"id":"svc:A","attrs":{"x":1}}}`, http.StatusCreated},
 		{Principal{ID: "user:ed"}, `{"tenant":"t1","type":"entity.create","payload":{"id":"svc:Z","kind":"service","attrs":{"region":"eu"}}}`, http.StatusForbidden},
 		{Principal{ID: "user:ed"}, `{"tenant":"t1","type":"entity.delete","payload":{"id":"svc:A"}}`, http.StatusForbidden},
 		{Principal{ID: "user:nobody"}, `{"tenant":"t1","type":"entity.create","payload":{"id":"svc:Y","kind":"service"}}`, http.StatusForbidden},
 	} {
 		cmd, payload := mustCmd(t, tc.body)
-		d := engine.Decide(t.Context(), PolicyInput(st, tc.principal, cmd, payload))
+		d := engine.Decide(t.Context(), PolicyInput(st, tc.principal, cmd, payload, time.Now()))
 		if r := Decide(st, cmd, payload, d); r.Status != tc.status {
 			t.Errorf("%s %s: status %d, want %d (rationale %+v)", tc.principal.ID, cmd.Type, r.Status, tc.status, d.Rationale)
 		}

@@ -410,11 +410,42 @@ func (p *Processor) handle(ctx context.Context, ps *partitionState, rec *kgo.Rec
 		return ""
 	}
 	start := time.Now()
-	d := p.cfg.Policy.Decide(ctx, PolicyInput(st, req.Principal, cmd, payload))
+	now := p.cfg.Now()
+	var expires time.Time
+	switch pl := payload.(type) {
+	case *ApprovalGrant:
+		var vp *httpx.Problem
+		if expires, vp = approvalExpiry(pl, now); vp != nil {
+			reply(Reply{Status: vp.Status, Problem: vp})
+			return ""
+		}
+	case *PolicyPublish:
+		if vp := p.checkBundle(ctx, pl); vp != nil {
+			reply(Reply{Status: vp.Status, Problem: vp})
+			return ""
+		}
+	}
+	in := PolicyInput(st, req.Principal, cmd, payload, now)
+	d := p.cfg.Policy.Decide(ctx, in)
 	res := Decide(st, cmd, payload, d)
 	if res.Decision == "" {
 		reply(Reply{Status: res.Status, Problem: res.Problem})
 		return ""
+	}
+	var purge bool
+	if res.Decision == events.DecisionAllow && res.Change != nil {
+		switch pl := payload.(type) {
+		case *ApprovalGrant:
+			a := res.Change.Approval
+			a.ID, a.Approver, a.ApproverRoles, a.GrantedAt, a.ExpiresAt = receiptID, req.Principal.ID, in.Principal.Roles, now.UTC(), expires
+		case *EntityDelete:
+			// The approvals the policy counted are used up by this delete;
+			// a dual-controlled delete always purges the subject.
+			for _, a := range st.ValidApprovals(cmd.Type, pl.ID, req.Principal.ID, now) {
+				res.Change.Consumed = append(res.Change.Consumed, a.ID)
+			}
+			purge = pl.Purge || len(res.Change.Consumed) > 0
+		}
 	}
 	seq, prev := st.Chain.Next()
 	r := events.Receipt{
@@ -422,6 +453,7 @@ func (p *Processor) handle(ctx context.Context, ps *partitionState, rec *kgo.Rec
 		Decision: res.Decision, EvidenceHash: bodyHash, PolicyVersion: d.PolicyVersion,
 		CreatedAt: p.cfg.Now().UTC(), Selective: sl.commitments, Seq: seq, PrevHash: prev,
 		CommandID: req.CommandID, Subject: subjectOf(payload), Command: sl.command,
+		Principal: &events.ReceiptPrincipal{ID: req.Principal.ID, Roles: nonNilSlice(req.Principal.Roles), MFA: req.Principal.MFA, AuthTime: req.Principal.AuthTime},
 	}
 	r.Rationale, _ = json.Marshal(nonNilSlice(d.Rationale))
 	r.Obligations, _ = json.Marshal(nonNilSlice(d.Obligations))
@@ -438,6 +470,19 @@ func (p *Processor) handle(ctx context.Context, ps *partitionState, rec *kgo.Rec
 	}
 	env := p.cfg.Signer.Sign(payloadBytes)
 	value, _ := env.Marshal()
+	var shredded []int64
+	if purge {
+		// Destroy the subject's keys before anything is appended: if this
+		// fails, nothing is; if the transaction aborts afterwards, the retry
+		// finds them shredded by this same receipt id.
+		if shredded, err = p.shred(ctx, cmd.Tenant, r.Subject, r.ID); err != nil {
+			p.log.Error("purge: shredding subject keys", "tenant", cmd.Tenant, "subject", r.Subject, "err", err)
+			pr := httpx.NewProblem(http.StatusServiceUnavailable, "unavailable",
+				"could not erase the subject's keys ("+err.Error()+"); nothing was appended; retry with the same Idempotency-Key")
+			reply(Reply{Status: pr.Status, Problem: pr})
+			return ""
+		}
+	}
 	if err := st.applyOwn(r, payloadBytes, res.Change); err != nil {
 		// Our own receipt does not extend our own chain: a bug, never skipped.
 		panic(fmt.Sprintf("processor: own receipt rejected: %v", err))
@@ -454,6 +499,16 @@ func (p *Processor) handle(ctx context.Context, ps *partitionState, rec *kgo.Rec
 		headers = append(headers, kgo.RecordHeader{Key: events.DisclosureHeader, Value: b})
 	}
 	produce(&kgo.Record{Topic: events.TopicEvents, Partition: rec.Partition, Key: []byte(cmd.Tenant), Value: value, Headers: headers})
+	if res.Decision == events.DecisionAllow {
+		switch pl := payload.(type) {
+		case *PolicyPublish:
+			produce(p.bundleUpdate(r, value, pl))
+		case *EntityDelete:
+			if purge {
+				produce(p.purgeManifest(st, rec.Partition, r, res.Change, shredded, d.PolicyVersion))
+			}
+		}
+	}
 	reply(outcomeReply(cmd.Tenant, st.Commands[req.CommandID], false))
 	return res.Decision
 }
@@ -486,6 +541,12 @@ func subjectOf(payload any) string {
 		return p.ID
 	case *RelationChange:
 		return p.From
+	case *PricingSet:
+		return "price:" + p.Meter
+	case *ApprovalGrant:
+		return p.Resource
+	case *PolicyPublish:
+		return "policy:bundle"
 	}
 	return ""
 }

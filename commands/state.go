@@ -5,6 +5,9 @@ import (
 	"fmt"
 	"maps"
 	"net/http"
+	"slices"
+	"sort"
+	"time"
 
 	"github.com/companyos/companyos/events"
 )
@@ -43,6 +46,18 @@ type TenantState struct {
 	// touching indexes relations by both endpoints.
 	touching map[string]map[events.Relation]struct{}
 	Commands map[string]Outcome
+	// Approvals are the granted, not yet consumed approvals by receipt id
+	// (expired ones are ignored when deciding, and dropped on use).
+	Approvals map[string]events.Approval
+	// selective indexes, per subject, the receipts that committed selective
+	// values and their fields: the purge planner's input.
+	selective map[string][]selectiveRef
+}
+
+// selectiveRef is one receipt holding selective values of a subject.
+type selectiveRef struct {
+	events.PurgedSelective
+	evidence string // the receipt's evidence_hash
 }
 
 // NewTenantState is the state of a tenant with no receipts.
@@ -54,6 +69,8 @@ func NewTenantState(tenant string) *TenantState {
 		Relations: map[events.Relation]struct{}{},
 		touching:  map[string]map[events.Relation]struct{}{},
 		Commands:  map[string]Outcome{},
+		Approvals: map[string]events.Approval{},
+		selective: map[string][]selectiveRef{},
 	}
 }
 
@@ -91,6 +108,9 @@ func (s *TenantState) ApplyChange(c *events.Change) error {
 		e := *c.Entity
 		e.Attrs = maps.Clone(e.Attrs)
 		s.Entities[e.ID] = &e
+		for _, id := range c.Consumed {
+			delete(s.Approvals, id)
+		}
 	case events.OpRelationLink:
 		if c.Relation == nil {
 			return fmt.Errorf("commands: change %s without relation", c.Op)
@@ -110,6 +130,19 @@ func (s *TenantState) ApplyChange(c *events.Change) error {
 			return fmt.Errorf("commands: change %s without relation", c.Op)
 		}
 		s.unlink(*c.Relation)
+	case events.OpApprovalGrant:
+		if c.Approval == nil {
+			return fmt.Errorf("commands: change %s without approval", c.Op)
+		}
+		s.Approvals[c.Approval.ID] = *c.Approval
+	case events.OpPurge:
+		if c.Purge == nil {
+			return fmt.Errorf("commands: change %s without purge", c.Op)
+		}
+		if e, ok := s.Entities[c.Purge.Subject]; ok {
+			e.Attrs = map[string]any{}
+		}
+		delete(s.selective, c.Purge.Subject)
 	default:
 		return fmt.Errorf("commands: unknown change op %q", c.Op)
 	}
@@ -143,6 +176,10 @@ func (s *TenantState) applyOwn(r events.Receipt, payload []byte, c *events.Chang
 			version = c.Entity.Version
 		}
 	}
+	if len(r.Selective) > 0 && r.Decision == events.DecisionAllow && r.Subject != "" {
+		s.selective[r.Subject] = append(s.selective[r.Subject], selectiveRef{
+			PurgedSelective: events.PurgedSelective{Receipt: r.ID, Fields: slices.Sorted(maps.Keys(r.Selective))}, evidence: r.EvidenceHash})
+	}
 	o := Outcome{CommandID: r.CommandID, ReceiptID: r.ID, Decision: r.Decision, Seq: r.Seq, Version: version, BodyHash: r.EvidenceHash}
 	if r.Decision == events.DecisionDeny {
 		o.Rationale = r.Rationale
@@ -163,4 +200,23 @@ func (s *TenantState) ApplyReceipt(r events.Receipt, payload []byte) error {
 		return fmt.Errorf("commands: receipt %s: %w", r.ID, err)
 	}
 	return nil
+}
+
+// ValidApprovals returns the approvals of (action, resource, requester) not
+// yet expired at now, oldest first. Whether they suffice (distinct, eligible
+// approvers other than the requester) is the policy's call.
+func (s *TenantState) ValidApprovals(action, resource, requester string, now time.Time) []events.Approval {
+	var out []events.Approval
+	for _, a := range s.Approvals {
+		if a.Action == action && a.Resource == resource && a.Requester == requester && now.Before(a.ExpiresAt) {
+			out = append(out, a)
+		}
+	}
+	sort.Slice(out, func(i, j int) bool {
+		if !out[i].GrantedAt.Equal(out[j].GrantedAt) {
+			return out[i].GrantedAt.Before(out[j].GrantedAt)
+		}
+		return out[i].ID < out[j].ID
+	})
+	return out
 }

@@ -43,6 +43,18 @@ type Receipt struct {
 	Command json.RawMessage `json:"command"`
 	// Change is the state change an allowed receipt applies; null for a deny.
 	Change json.RawMessage `json:"change"`
+	// Principal is the caller as authenticated (token roles, MFA), so the
+	// decision can be re-evaluated later (policy simulation, audit). Absent
+	// in receipts written before it was added.
+	Principal *ReceiptPrincipal `json:"principal,omitempty"`
+}
+
+// ReceiptPrincipal is the authenticated caller of a command.
+type ReceiptPrincipal struct {
+	ID       string    `json:"id"`
+	Roles    []string  `json:"roles"` // asserted by the token
+	MFA      bool      `json:"mfa"`
+	AuthTime time.Time `json:"auth_time,omitzero"`
 }
 
 // HashPayload is the chain link: "sha256:" + hex(SHA-256(payload bytes)).

@@ -25,6 +25,8 @@ var (
 	keyRoles     = ast.StringTerm("roles")
 	keyAttrs     = ast.StringTerm("attrs")
 	keyMFA       = ast.StringTerm("mfa")
+	keyMFAAge    = ast.StringTerm("mfa_age_seconds")
+	keyContext   = ast.StringTerm("context")
 	keyExists    = ast.StringTerm("exists")
 )
 
@@ -55,6 +57,13 @@ func inputValue(in *Input) (ast.Value, error) {
 	if in.Relation != "" {
 		obj.Insert(keyRelation, ast.StringTerm(in.Relation))
 	}
+	if len(in.Context) > 0 {
+		c, err := ast.InterfaceToValue(in.Context)
+		if err != nil {
+			return nil, fmt.Errorf("context: %w", err)
+		}
+		obj.Insert(keyContext, ast.NewTerm(c))
+	}
 	return obj, nil
 }
 
@@ -75,6 +84,7 @@ func principalValue(p *Principal) (ast.Value, error) {
 	obj.Insert(keyRoles, ast.NewTerm(ast.NewArray(roles...)))
 	obj.Insert(keyAttrs, ast.NewTerm(attrs))
 	obj.Insert(keyMFA, ast.InternedTerm(p.MFA))
+	obj.Insert(keyMFAAge, ast.InternedTerm(int(p.MFAAgeSeconds)))
 	obj.Insert(keyExists, ast.InternedTerm(p.Exists))
 	return obj, nil
 }

@@ -43,7 +43,7 @@ func TestInputValueNilCollections(t *testing.T) {
 		t.Fatal(err)
 	}
 	want := ast.MustParseTerm(`{"action": "", "tenant": "",
-		"principal": {"id": "", "roles": [], "attrs": {}, "mfa": false, "exists": false},
+		"principal": {"id": "", "roles": [], "attrs": {}, "mfa": false, "mfa_age_seconds": 0, "exists": false},
 		"resource": {"id": "", "attrs": {}, "exists": false}}`).Value
 	if got.Compare(want) != 0 {
 		t.Errorf("got  %v\nwant %v", got, want)

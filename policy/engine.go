@@ -12,6 +12,7 @@ package policy
 
 import (
 	"context"
+	"encoding/json"
 	"errors"
 	"fmt"
 	"io/fs"
@@ -48,16 +49,23 @@ type Input struct {
 	Resource  Resource  `json:"resource"`           // the entity acted on (for relations: the "from" entity)
 	Target    *Resource `json:"target,omitempty"`   // for relation.*: the "to" entity
 	Relation  string    `json:"relation,omitempty"` // for relation.*: the relation type
+	// Context carries per-action facts resolved by the caller: "approvals"
+	// (valid approvals for this request), "approval" (what an
+	// approval.grant approves), "justification". Optional.
+	Context map[string]any `json:"context,omitempty"`
 }
 
 // Principal is who asks. A nil Roles or Attrs reaches Rego as [] or {}.
 type Principal struct {
-	ID     string         `json:"id"` // "user:alice"
-	Kind   string         `json:"kind,omitempty"`
-	Roles  []string       `json:"roles"`  // union of token-asserted roles and the entity's "roles" attribute
-	Attrs  map[string]any `json:"attrs"`  // entity attributes (region, ...), may be empty
-	MFA    bool           `json:"mfa"`    // the request was authenticated with MFA
-	Exists bool           `json:"exists"` // principal exists as an entity in the tenant
+	ID    string         `json:"id"` // "user:alice"
+	Kind  string         `json:"kind,omitempty"`
+	Roles []string       `json:"roles"` // union of token-asserted roles and the entity's "roles" attribute
+	Attrs map[string]any `json:"attrs"` // entity attributes (region, ...), may be empty
+	MFA   bool           `json:"mfa"`   // the request was authenticated with MFA
+	// MFAAgeSeconds is how long ago the MFA login happened; -1 when the
+	// token has no MFA or no auth_time (step-up then always applies).
+	MFAAgeSeconds int64 `json:"mfa_age_seconds"`
+	Exists        bool  `json:"exists"` // principal exists as an entity in the tenant
 }
 
 // Resource is an entity acted on. A nil Attrs reaches Rego as {}.
@@ -129,6 +137,8 @@ type Engine struct {
 	hash    string // "sha256:<64 hex>"
 	// inputPaths are the input paths the policy reads (see DecisionKey).
 	inputPaths [][]string
+	// data is the bundle's data document (read-only).
+	data map[string]any
 }
 
 // New loads, tests and compiles the bundle once. It returns an error
@@ -168,6 +178,7 @@ func New(ctx context.Context, cfg Config) (*Engine, error) {
 		version:    b.version + "+" + b.hash[:len("sha256:")+12],
 		hash:       b.hash,
 		inputPaths: inputPaths(compiler),
+		data:       b.data,
 	}, nil
 }
 
@@ -178,6 +189,27 @@ func Default(ctx context.Context) (*Engine, error) {
 		return nil, fmt.Errorf("policy: embedded bundle: %w", err)
 	}
 	return New(ctx, Config{Bundle: bundle})
+}
+
+// StepUp returns the bundle's step-up rule (data.companyos.step_up): the
+// actions that need a fresh MFA login and its maximum age.
+func (e *Engine) StepUp() (actions []string, maxAge time.Duration) {
+	c, _ := e.data["companyos"].(map[string]any)
+	su, _ := c["step_up"].(map[string]any)
+	list, _ := su["actions"].([]any)
+	for _, a := range list {
+		if s, ok := a.(string); ok {
+			actions = append(actions, s)
+		}
+	}
+	switch v := su["max_age_seconds"].(type) {
+	case json.Number:
+		n, _ := v.Int64()
+		maxAge = time.Duration(n) * time.Second
+	case float64:
+		maxAge = time.Duration(v) * time.Second
+	}
+	return actions, maxAge
 }
 
 // Version is "<semver>+sha256:<first 12 hex of Hash>", e.g.

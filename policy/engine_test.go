@@ -45,7 +45,9 @@ func principal(roles []string, region any) policy.Principal {
 	if region != nil {
 		attrs["region"] = region
 	}
-	return policy.Principal{ID: "user:alice", Kind: "user", Roles: roles, Attrs: attrs, Exists: true}
+	// A fresh MFA login, so step-up never applies in the base-rule cases
+	// (TestStepUpAndDualControl covers it).
+	return policy.Principal{ID: "user:alice", Kind: "user", Roles: roles, Attrs: attrs, Exists: true, MFA: true, MFAAgeSeconds: 1}
 }
 
 func resource(region any) policy.Resource {
@@ -57,6 +59,44 @@ func resource(region any) policy.Resource {
 }
 
 var allActions = []string{"entity.create", "entity.update", "entity.delete", "relation.link", "relation.unlink"}
+
+// Step-up and dual control deny with typed obligations that say what to do.
+func TestStepUpAndDualControl(t *testing.T) {
+	e := starterEngine(t)
+	noMFA := principal([]string{"admin"}, nil)
+	noMFA.MFA, noMFA.MFAAgeSeconds = false, -1
+	d := e.Decide(t.Context(), policy.Input{Action: "entity.delete", Tenant: "acme", Principal: noMFA, Resource: resource("eu")})
+	if d.Allow || len(d.Obligations) != 1 || d.Obligations[0].Type != "mfa_required" {
+		t.Fatalf("delete without MFA: %+v", d)
+	}
+	prod := policy.Resource{ID: "dataset:prod", Kind: "dataset", Attrs: map[string]any{"classification": "restricted"}, Exists: true}
+	approvals := func(who ...string) map[string]any {
+		var as []any
+		for _, w := range who {
+			as = append(as, map[string]any{"approver": w, "approver_roles": []any{"approver"}})
+		}
+		return map[string]any{"requester": "user:alice", "approvals": as}
+	}
+	for _, c := range []struct {
+		name  string
+		ctx   map[string]any
+		allow bool
+	}{
+		{"no approvals", approvals(), false},
+		{"one approval", approvals("user:bob"), false},
+		{"same approver twice", approvals("user:bob", "user:bob"), false},
+		{"requester approving itself", approvals("user:alice", "user:bob"), false},
+		{"two distinct approvers", approvals("user:bob", "user:carol"), true},
+	} {
+		d := e.Decide(t.Context(), policy.Input{Action: "entity.delete", Tenant: "acme", Principal: principal([]string{"admin"}, nil), Resource: prod, Context: c.ctx})
+		if d.Allow != c.allow {
+			t.Errorf("%s: allow %v, want %v: %+v", c.name, d.Allow, c.allow, d)
+		}
+		if !c.allow && (len(d.Obligations) != 1 || d.Obligations[0].Type != "approvals_required") {
+			t.Errorf("%s: obligations %+v, want approvals_required", c.name, d.Obligations)
+		}
+	}
+}
 
 func TestDecideStarterBundle(t *testing.T) {
 	e := starterEngine(t)

@@ -196,6 +196,11 @@ func validateChange(c *events.Change) error {
 			return fmt.Errorf("graph: change %s without relation", c.Op)
 		}
 		return validateRelation(c.Op, c.Relation)
+	case events.OpApprovalGrant:
+	case events.OpPurge:
+		if c.Purge == nil || c.Purge.Subject == "" {
+			return fmt.Errorf("graph: change %s without subject", c.Op)
+		}
 	default:
 		return fmt.Errorf("graph: unknown change op %q", c.Op)
 	}
@@ -224,8 +229,23 @@ func (g *Graph) applyLocked(c *events.Change) (bool, error) {
 		return g.link(*c.Relation)
 	case events.OpRelationUnlink:
 		return g.unlink(*c.Relation), nil
+	case events.OpApprovalGrant:
+		return false, nil // approvals are not part of the company graph
+	case events.OpPurge:
+		return g.purge(c.Purge.Subject), nil
 	}
 	return false, fmt.Errorf("graph: unknown change op %q", c.Op)
+}
+
+// purge erases what the graph still holds of a deleted subject: the
+// tombstone's last attributes.
+func (g *Graph) purge(id string) bool {
+	i, ok := g.index[id]
+	if !ok || len(g.nodes[i].attrs) == 0 {
+		return false
+	}
+	g.nodes[i].attrs = nil
+	return true
 }
 
 func (g *Graph) put(e *events.Entity, unlinked []events.Relation) bool {

@@ -378,9 +378,13 @@ func (x *execution) prepare(ids []uint32, resource policy.Resource, resIdx uint3
 			attrs = maps.Clone(attrs)
 			attrs[GraphFactsAttr] = facts
 		}
+		// who_can asks who is authorized, not who is logged in right now:
+		// every candidate is taken to have just stepped up with MFA. Other
+		// obligations (dual-control approvals) still deny, and the rationale
+		// says which.
 		out = append(out, candidate{idx: i, facts: f, in: policy.Input{
 			Action: x.q.Action, Tenant: g.tenant,
-			Principal: policy.Principal{ID: n.id, Kind: n.kind, Roles: f.roles, Attrs: attrs, Exists: true},
+			Principal: policy.Principal{ID: n.id, Kind: n.kind, Roles: f.roles, Attrs: attrs, Exists: true, MFA: true},
 			Resource:  resource,
 		}})
 	}

@@ -123,7 +123,7 @@ func TestWhoCanFakeAuthorizer(t *testing.T) {
 	}
 	alice := rec.ins["user:alice"]
 	want := policy.Input{Action: "export", Tenant: "acme",
-		Principal: policy.Principal{ID: "user:alice", Kind: "user", Roles: []string{"editor", "viewer"}, Exists: true,
+		Principal: policy.Principal{ID: "user:alice", Kind: "user", Roles: []string{"editor", "viewer"}, Exists: true, MFA: true,
 			Attrs: map[string]any{"roles": "viewer", "region": "eu", GraphFactsAttr: map[string]any{"groups": []string{"group:eng", "group:platform"}, "grants": []string{}}}},
 		Resource: policy.Resource{ID: "dataset:prod", Kind: "dataset", Attrs: map[string]any{"region": "eu"}, Exists: true}}
 	if !reflect.DeepEqual(alice, want) {

@@ -37,9 +37,17 @@ type APIConfig struct {
 }
 
 // DiscloseAuthorizer is the policy check of the provenance.disclose action:
-// may the caller see these selective fields of subject in tenant? It returns
-// the decision's rationale, which a refusal carries.
-type DiscloseAuthorizer func(ctx context.Context, c auth.Claims, tenant, subject string, fields []string) (allow bool, rationale json.RawMessage)
+// may the caller see these selective fields of subject in tenant?
+type DiscloseAuthorizer func(ctx context.Context, c auth.Claims, tenant, subject string, fields []string) DiscloseDecision
+
+// DiscloseDecision is a DiscloseAuthorizer's answer. StepUp, when set, means
+// the caller must first log in again with MFA (answered 401 with a
+// challenge); Rationale explains a refusal.
+type DiscloseDecision struct {
+	Allow     bool
+	Rationale json.RawMessage
+	StepUp    *httpx.StepUp
+}
 
 // SubjectKeyReader returns a subject key by id (internal/keystore.Store);
 // an error wrapping keystore.ErrShredded means the value was erased.
@@ -203,11 +211,15 @@ func (a *API) disclose(w http.ResponseWriter, r *http.Request, c auth.Claims, rc
 		problem(w, http.StatusForbidden, "policy-denied", "query.disclose", "disclosure is not enabled on this server")
 		return false
 	}
-	allow, rationale := a.cfg.Disclose(r.Context(), c, rc.Tenant, rc.Subject, fields)
-	if !allow {
+	dd := a.cfg.Disclose(r.Context(), c, rc.Tenant, rc.Subject, fields)
+	if dd.StepUp != nil {
+		dd.StepUp.Challenge(w, "provenance.disclose")
+		return false
+	}
+	if !dd.Allow {
 		p := httpx.NewProblem(http.StatusForbidden, "policy-denied", "policy denied provenance.disclose of "+strings.Join(fields, ", "))
 		p.Errors = []httpx.FieldError{{Field: "query.disclose", Detail: "not allowed by policy"}}
-		p.Rationale = rationale
+		p.Rationale = dd.Rationale
 		httpx.WriteProblem(w, p)
 		return false
 	}

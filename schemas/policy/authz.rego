@@ -22,14 +22,23 @@ package companyos.authz
 
 # --- Decision ---------------------------------------------------------------
 
-decision := {"allow": true, "reasons": grants} if {
+# A rule must grant the action AND every obligation that applies must be met
+# (step-up MFA, dual control, no self-approval). An unmet obligation denies
+# with the obligation attached, so the caller knows what to do next.
+decision := {"allow": true, "reasons": grants, "obligations": []} if {
 	count(grants) > 0
-} else := {"allow": false, "reasons": denials}
+	count(unmet) == 0
+} else := {"allow": false, "reasons": grants | unmet, "obligations": obligations} if {
+	count(grants) > 0
+} else := {"allow": false, "reasons": denials | unmet, "obligations": obligations}
 
 # allow is decision.allow, for tests and ad-hoc queries.
 default allow := false
 
-allow if count(grants) > 0
+allow if {
+	count(grants) > 0
+	count(unmet) == 0
+}
 
 # --- Facts ------------------------------------------------------------------
 
@@ -185,6 +194,153 @@ granting_roles := sort([name |
 	not r.regional
 	input.action in object.get(r, "actions", [])
 ])
+
+# --- Obligation: step_up_mfa ----------------------------------------------------
+# High-risk actions (data.companyos.step_up.actions: deletes, bundle
+# publication, exports, disclosures) need a multi-factor login no older than
+# data.companyos.step_up.max_age_seconds.
+
+step_up_action if input.action in data.companyos.step_up.actions
+
+mfa_fresh if {
+	input.principal.mfa == true
+	input.principal.mfa_age_seconds >= 0
+	input.principal.mfa_age_seconds <= data.companyos.step_up.max_age_seconds
+}
+
+default raw_mfa_age := null
+
+raw_mfa_age := input.principal.mfa_age_seconds
+
+default raw_mfa := false
+
+raw_mfa := input.principal.mfa
+
+unmet contains {
+	"rule": "step_up_mfa",
+	"result": false,
+	"message": sprintf("%q needs a multi-factor login within the last %d seconds", [input.action, data.companyos.step_up.max_age_seconds]),
+	"attributes": {"mfa": raw_mfa, "mfa_age_seconds": raw_mfa_age, "max_age_seconds": data.companyos.step_up.max_age_seconds},
+} if {
+	step_up_action
+	not mfa_fresh
+}
+
+obligations contains {"type": "mfa_required", "params": {"max_age_seconds": data.companyos.step_up.max_age_seconds}} if {
+	step_up_action
+	not mfa_fresh
+}
+
+# --- Obligation: dual_control -----------------------------------------------------
+# Deleting a protected resource (attrs.protected == true, or a classification
+# in data.companyos.dual_control.classifications) needs approvals
+# (approval.grant) from data.companyos.dual_control.approvals distinct
+# eligible approvers other than the requester, still unexpired. The processor
+# passes the valid approvals it holds for (action, resource, requester) as
+# input.context.approvals.
+
+protected_resource if input.resource.attrs.protected == true
+
+protected_resource if input.resource.attrs.classification in data.companyos.dual_control.classifications
+
+dual_control_action if {
+	input.action in data.companyos.dual_control.actions
+	protected_resource
+}
+
+# eligible_approvers are the distinct approvers that count: not the
+# requester, holding an eligible role when they approved. The requester comes
+# as input.context.requester (not input.principal.id, which would make every
+# memoised decision, e.g. who_can's, depend on the principal's id).
+default ctx_approvals := []
+
+ctx_approvals := input.context.approvals
+
+default raw_classification := null
+
+raw_classification := input.resource.attrs.classification
+
+default raw_protected := null
+
+raw_protected := input.resource.attrs.protected
+
+default raw_justification := null
+
+raw_justification := input.context.justification
+
+eligible_approvers := {a.approver |
+	some a in ctx_approvals
+	a.approver != input.context.requester
+	some r in a.approver_roles
+	r in data.companyos.dual_control.eligible_roles
+}
+
+unmet contains {
+	"rule": "dual_control",
+	"result": false,
+	"message": sprintf("deleting protected %s needs %d approvals from distinct eligible approvers other than the requester; has %d", [input.resource.id, data.companyos.dual_control.approvals, count(eligible_approvers)]),
+	"attributes": {
+		"approvers": sort(eligible_approvers),
+		"required": data.companyos.dual_control.approvals,
+		"eligible_roles": data.companyos.dual_control.eligible_roles,
+		"classification": raw_classification,
+		"protected": raw_protected,
+	},
+} if {
+	dual_control_action
+	count(eligible_approvers) < data.companyos.dual_control.approvals
+}
+
+obligations contains {"type": "approvals_required", "params": {
+	"count": data.companyos.dual_control.approvals,
+	"have": count(eligible_approvers),
+	"eligible_roles": data.companyos.dual_control.eligible_roles,
+	"excluding": [input.context.requester],
+	"action": input.action,
+	"resource": input.resource.id,
+}} if {
+	dual_control_action
+	count(eligible_approvers) < data.companyos.dual_control.approvals
+}
+
+# --- Obligation: no_self_approval ------------------------------------------------
+# Nobody approves their own request (input.context.approval.approver is the
+# principal, set by the processor).
+
+unmet contains {
+	"rule": "no_self_approval",
+	"result": false,
+	"message": "a requester may not approve their own request",
+	"attributes": {"requester": input.context.approval.requester, "approver": input.context.approval.approver},
+} if {
+	input.action == "approval.grant"
+	input.context.approval.requester == input.context.approval.approver
+}
+
+# --- Obligation: justification ----------------------------------------------------
+# Actions in data.companyos.justification.actions need a non-empty
+# justification with the command.
+
+unmet contains {
+	"rule": "justification",
+	"result": false,
+	"message": sprintf("%q needs a justification", [input.action]),
+	"attributes": {"justification": raw_justification},
+} if {
+	input.action in data.companyos.justification.actions
+	not has_justification
+}
+
+has_justification if {
+	j := input.context.justification
+	is_string(j)
+	count(trim_space(j)) > 0
+}
+
+obligations contains {"type": "justification_required", "params": {"action": input.action}} if {
+	input.action in data.companyos.justification.actions
+	not has_justification
+}
 
 # --- Every deny -----------------------------------------------------------------
 

@@ -4,7 +4,7 @@ package companyos.authz_test
 
 import data.companyos.authz
 
-admin := {"id": "user:root", "roles": ["admin"], "attrs": {}, "mfa": false, "exists": true}
+admin := {"id": "user:root", "roles": ["admin"], "attrs": {}, "mfa": true, "mfa_age_seconds": 10, "exists": true}
 
 editor_eu := {"id": "user:eve", "roles": ["editor"], "attrs": {"region": "eu"}, "mfa": false, "exists": true}
 
@@ -22,7 +22,7 @@ messages(d) := {r.message | some r in d.reasons}
 
 test_admin_may_do_every_action if {
 	every a in data.companyos.actions {
-		authz.decision.allow with input as req(a, admin, doc_us)
+		authz.decision.allow with input as object.union(req(a, admin, doc_us), {"context": {"justification": "ticket-1"}})
 	}
 }
 
@@ -111,4 +111,99 @@ test_allow_agrees_with_decision if {
 	authz.allow with input as req("entity.create", admin, doc_us)
 	not authz.allow with input as req("entity.create", nobody, doc_us)
 	not authz.allow with input as {}
+}
+
+# --- step-up, dual control, approvals, justification --------------------------
+
+admin_stale := object.union(admin, {"mfa_age_seconds": 100000})
+
+admin_no_mfa := object.union(admin, {"mfa": false, "mfa_age_seconds": -1})
+
+dataset_prod := {"id": "dataset:prod", "kind": "dataset", "attrs": {"classification": "restricted", "region": "eu"}, "exists": true}
+
+approval(who, roles) := {"approver": who, "approver_roles": roles}
+
+with_approvals(r, approvals) := object.union(r, {"context": {"approvals": approvals, "requester": r.principal.id}})
+
+obligation_types(d) := {o.type | some o in d.obligations}
+
+test_step_up_needs_fresh_mfa if {
+	d := authz.decision with input as req("entity.delete", admin_no_mfa, doc_eu)
+	not d.allow
+	obligation_types(d) == {"mfa_required"}
+	"step_up_mfa" in rules(d)
+	d2 := authz.decision with input as req("entity.delete", admin_stale, doc_eu)
+	not d2.allow
+	authz.decision.allow with input as req("entity.delete", admin, doc_eu)
+}
+
+test_step_up_not_for_ordinary_actions if {
+	authz.decision.allow with input as req("entity.update", admin_no_mfa, doc_eu)
+}
+
+test_protected_delete_needs_two_approvers if {
+	d := authz.decision with input as with_approvals(req("entity.delete", admin, dataset_prod), [])
+	not d.allow
+	obligation_types(d) == {"approvals_required"}
+	some o in d.obligations
+	o.params.count == 2
+	o.params.have == 0
+	one := with_approvals(req("entity.delete", admin, dataset_prod), [approval("user:bob", ["approver"])])
+	not authz.decision.allow with input as one
+	two := with_approvals(req("entity.delete", admin, dataset_prod), [approval("user:bob", ["approver"]), approval("user:carol", ["approver"])])
+	authz.decision.allow with input as two
+}
+
+test_dual_control_same_person_twice_counts_once if {
+	r := with_approvals(req("entity.delete", admin, dataset_prod), [approval("user:bob", ["approver"]), approval("user:bob", ["approver"])])
+	not authz.decision.allow with input as r
+}
+
+test_dual_control_requester_and_ineligible_do_not_count if {
+	r := with_approvals(req("entity.delete", admin, dataset_prod), [approval("user:root", ["approver"]), approval("user:bob", ["approver"]), approval("user:dan", ["editor"])])
+	d := authz.decision with input as r
+	not d.allow
+	some o in d.obligations
+	o.params.have == 1
+}
+
+test_dual_control_needs_mfa_too if {
+	r := with_approvals(req("entity.delete", admin_no_mfa, dataset_prod), [approval("user:bob", ["approver"]), approval("user:carol", ["approver"])])
+	d := authz.decision with input as r
+	not d.allow
+	obligation_types(d) == {"mfa_required"}
+}
+
+approver_bob := {"id": "user:bob", "roles": ["approver"], "attrs": {}, "mfa": false, "mfa_age_seconds": -1, "exists": true}
+
+test_approver_may_approve_with_justification if {
+	r := object.union(req("approval.grant", approver_bob, dataset_prod), {"context": {"approval": {"requester": "user:alice", "approver": "user:bob", "action": "entity.delete"}, "justification": "CHG-42"}})
+	authz.decision.allow with input as r
+}
+
+test_no_self_approval if {
+	r := object.union(req("approval.grant", approver_bob, dataset_prod), {"context": {"approval": {"requester": "user:bob", "approver": "user:bob", "action": "entity.delete"}, "justification": "mine"}})
+	d := authz.decision with input as r
+	not d.allow
+	"no_self_approval" in rules(d)
+}
+
+test_approval_needs_justification if {
+	r := object.union(req("approval.grant", approver_bob, dataset_prod), {"context": {"approval": {"requester": "user:alice", "approver": "user:bob", "action": "entity.delete"}}})
+	d := authz.decision with input as r
+	not d.allow
+	obligation_types(d) == {"justification_required"}
+}
+
+test_auditor_may_disclose_with_fresh_mfa if {
+	auditor := {"id": "user:carol", "roles": ["auditor"], "attrs": {}, "mfa": true, "mfa_age_seconds": 5, "exists": true}
+	authz.decision.allow with input as req("provenance.disclose", auditor, doc_eu)
+	not authz.decision.allow with input as req("provenance.disclose", object.union(auditor, {"mfa": false}), doc_eu)
+	not authz.decision.allow with input as req("entity.create", auditor, doc_eu)
+}
+
+test_finance_may_set_prices if {
+	fin := {"id": "user:fin", "roles": ["finance"], "attrs": {}, "mfa": false, "mfa_age_seconds": -1, "exists": true}
+	authz.decision.allow with input as req("pricing.set", fin, {"id": "price:compute.cpu_seconds", "attrs": {}, "exists": false})
+	not authz.decision.allow with input as req("pricing.set", editor_eu, {"id": "price:compute.cpu_seconds", "attrs": {}, "exists": false})
 }
