@@ -169,3 +169,7 @@ func (s *stack) receiptKeys() keyfile.KeySet {
 	}
 	return ks
 }
+
+func authRequest(principal string, roles []string, mfa bool, tenants []string) auth.IssueRequest {
+	return auth.IssueRequest{Principal: principal, Tenants: tenants, Roles: roles, MFA: mfa, TTL: time.Hour}
+}

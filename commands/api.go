@@ -134,7 +134,7 @@ func NewAPI(cfg APIConfig) (*API, error) {
 }
 
 // Routes are the API's route patterns, for the OpenAPI contract test.
-var Routes = []string{"POST /v1/commands", "POST /v1/commands/batch", "GET /v1/commands/{receipt_id}", "GET /v1/keys"}
+var Routes = []string{"POST /v1/commands", "POST /v1/commands/batch", "GET /v1/commands/{receipt_id}", "GET /v1/keys", "POST /v1/policy/preflight"}
 
 // Register mounts the routes on mux.
 func (a *API) Register(mux *http.ServeMux) {
@@ -142,6 +142,7 @@ func (a *API) Register(mux *http.ServeMux) {
 	mux.Handle("POST /v1/commands/batch", a.cfg.Metrics.Instrument("/v1/commands/batch", http.HandlerFunc(a.postBatch)))
 	mux.Handle("GET /v1/commands/{receipt_id}", a.cfg.Metrics.Instrument("/v1/commands/{receipt_id}", http.HandlerFunc(a.getCommand)))
 	mux.Handle("GET /v1/keys", a.cfg.Metrics.Instrument("/v1/keys", http.HandlerFunc(a.getKeys)))
+	mux.Handle("POST /v1/policy/preflight", a.cfg.Metrics.Instrument("/v1/policy/preflight", http.HandlerFunc(a.postPreflight)))
 }
 
 // Drain waits for in-flight commands to get their decision (or ctx to end).
@@ -213,7 +214,13 @@ func tooMany(w http.ResponseWriter, retryAfter time.Duration, detail string) {
 	httpx.WriteProblem(w, httpx.NewProblem(http.StatusTooManyRequests, "too-many-requests", detail))
 }
 
-func (a *API) postCommand(w http.ResponseWriter, r *http.Request) {
+func (a *API) postCommand(w http.ResponseWriter, r *http.Request) { a.submit(w, r, false) }
+
+// postPreflight is POST /v1/policy/preflight: the same command body, decided
+// by the processor against the same state and bundle, executed never.
+func (a *API) postPreflight(w http.ResponseWriter, r *http.Request) { a.submit(w, r, true) }
+
+func (a *API) submit(w http.ResponseWriter, r *http.Request, preflight bool) {
 	start := time.Now()
 	cmdType, code := "invalid", 0
 	defer func() {
@@ -270,7 +277,7 @@ func (a *API) postCommand(w http.ResponseWriter, r *http.Request) {
 		fail(p)
 		return
 	}
-	if a.cfg.StepUp.Required(claims, cmd.Type, time.Now()) {
+	if !preflight && a.cfg.StepUp.Required(claims, cmd.Type, time.Now()) {
 		code = http.StatusUnauthorized
 		a.cfg.StepUp.Challenge(w, cmd.Type)
 		return
@@ -290,7 +297,10 @@ func (a *API) postCommand(w http.ResponseWriter, r *http.Request) {
 	}
 	now := time.Now().UTC()
 	req := Request{RequestID: RandomID("req_"), IdempotencyKey: idemKey, ReceivedAt: now, Deadline: now.Add(a.cfg.Timeout), Command: canonical,
-		Principal: Principal{ID: claims.Principal, Roles: claims.Roles, MFA: claims.MFA, AuthTime: claims.AuthTime}}
+		Principal: Principal{ID: claims.Principal, Roles: claims.Roles, MFA: claims.MFA, AuthTime: claims.AuthTime}, Preflight: preflight}
+	if preflight {
+		req.IdempotencyKey, idemKey = "", ""
+	}
 	if idemKey != "" {
 		req.CommandID = CommandIDFor(cmd.Tenant, claims.Principal, idemKey)
 	} else {
@@ -313,6 +323,10 @@ func (a *API) postCommand(w http.ResponseWriter, r *http.Request) {
 	select {
 	case rep := <-replies:
 		code = rep.Status
+		if rep.Preflight != nil {
+			httpx.WriteJSON(w, http.StatusOK, rep.Preflight)
+			return
+		}
 		if rep.Replayed {
 			w.Header().Set("Idempotent-Replayed", "true")
 		}

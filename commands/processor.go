@@ -377,6 +377,10 @@ func (p *Processor) handle(ctx context.Context, ps *partitionState, rec *kgo.Rec
 		st = NewTenantState(cmd.Tenant)
 		ps.tenants[cmd.Tenant] = st
 	}
+	if req.Preflight {
+		reply(p.preflight(ctx, st, req, cmd, payload))
+		return ""
+	}
 	receiptID := ReceiptIDFor(req.CommandID)
 	sl, vp, err := p.sealSelective(ctx, cmd.Tenant, req.CommandID, receiptID, req.Command, payload)
 	if vp != nil {

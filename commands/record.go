@@ -29,6 +29,27 @@ type Request struct {
 	// Command is the validated command in its canonical (compact) bytes; the
 	// receipt embeds the same bytes and evidence_hash is their hash.
 	Command json.RawMessage `json:"command"`
+	// Preflight asks for the decision only: the processor evaluates the
+	// command against the same state and policy, appends nothing and
+	// answers with a Preflight reply.
+	Preflight bool `json:"preflight,omitempty"`
+}
+
+// PreflightResult is the answer to a preflight request (POST
+// /v1/policy/preflight): what the command would get, without executing it.
+type PreflightResult struct {
+	Decision      string          `json:"decision"` // allow or deny
+	Rationale     json.RawMessage `json:"rationale"`
+	Obligations   json.RawMessage `json:"obligations"`
+	PolicyVersion string          `json:"policy_version"`
+	// Status is the HTTP status the command would get now (201, 403, or a
+	// rejection such as 404/409 when the policy allows but state refuses);
+	// Problem explains a rejection.
+	Status  int            `json:"status"`
+	Problem *httpx.Problem `json:"problem,omitempty"`
+	// Input is the policy input the decision was made on: the resolved
+	// principal and resource attributes (selective values redacted).
+	Input json.RawMessage `json:"input"`
 }
 
 // Reply is the value of a companyos.replies.v1 record: the processor's answer
@@ -44,6 +65,8 @@ type Reply struct {
 	Consistency string         `json:"consistency,omitempty"`
 	Replayed    bool           `json:"replayed,omitempty"`
 	Problem     *httpx.Problem `json:"problem,omitempty"`
+	// Preflight is the answer to a preflight request.
+	Preflight *PreflightResult `json:"preflight,omitempty"`
 }
 
 // CommandIDFor derives the command id of an idempotent request: the same

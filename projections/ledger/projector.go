@@ -358,6 +358,8 @@ type parsed struct {
 	// disclosures are the sealed selective values from the record header;
 	// nil when absent or unusable (the receipt itself is still applied).
 	disclosures *events.DisclosureSet
+	// purge is the manifest of a purge.manifest receipt.
+	purge *events.Purge
 }
 
 func (p *Projector) parse(rec *kgo.Record) parsed {
@@ -378,6 +380,16 @@ func (p *Projector) parse(rec *kgo.Record) parsed {
 			out.err = err
 			return out
 		}
+	}
+	if out.r.Action == purgeManifestAction && out.r.Decision == events.DecisionAllow {
+		var full struct {
+			Change events.Change `json:"change"`
+		}
+		if err := json.Unmarshal(env.Payload, &full); err != nil || full.Change.Purge == nil {
+			out.err = fmt.Errorf("%w: purge manifest without a purge change: %v", events.ErrBadEnvelope, err)
+			return out
+		}
+		out.purge = full.Change.Purge
 	}
 	for _, h := range rec.Headers {
 		if h.Key != events.DisclosureHeader {
@@ -560,6 +572,7 @@ func (p *Projector) write(b events.Batch, ps []parsed, checkIDs bool, start time
 	batchIDs := map[string]storedRef{}
 	batchSeqs := map[seqKey]string{} // payload hashes applied in this batch
 	var receiptRows, hashRows, disclosureRows [][]any
+	var purges []purgeRow
 	applied, skipped, newlyBroken := 0, 0, 0
 	breakTenant := func(h *tenantHead, t, reason string) {
 		h.broken = reason
@@ -634,6 +647,9 @@ func (p *Projector) write(b events.Batch, ps []parsed, checkIDs bool, start time
 		}
 		receiptRows = append(receiptRows, []any{r.ID, x.tenant, r.Seq, r.Action, r.Actor, r.Decision, r.PolicyVersion, r.EvidenceHash,
 			r.CreatedAt, r.PrevHash, payloadHash, x.rec.Value, b.Partition, x.rec.Offset, r.CommandID, r.Subject, redactionsOf(r.Selective)})
+		if x.purge != nil {
+			purges = append(purges, purgeRow{tenant: x.tenant, subject: x.purge.Subject})
+		}
 		if ds := x.disclosures; ds != nil {
 			for _, f := range slices.Sorted(maps.Keys(ds.Fields)) {
 				sv := ds.Fields[f]
@@ -659,6 +675,14 @@ func (p *Projector) write(b events.Batch, ps []parsed, checkIDs bool, start time
 		}
 		if _, err := tx.CopyFrom(ctx, pgx.Identifier{"merkle_hashes"}, []string{"tenant", "idx", "hash"}, pgx.CopyFromRows(hashRows)); err != nil {
 			return fmt.Errorf("ledger projector: copy merkle hashes: %w", err)
+		}
+	}
+	// Erasure: the subject's sealed values go with its shredded keys (they
+	// could no longer be opened anyway); the receipts keep their signed
+	// commitments.
+	for _, pr := range purges {
+		if _, err := tx.Exec(ctx, "DELETE FROM disclosures WHERE tenant = $1 AND subject = $2", pr.tenant, pr.subject); err != nil {
+			return fmt.Errorf("ledger projector: purge %s/%s: %w", pr.tenant, pr.subject, err)
 		}
 	}
 	if len(touched) > 0 {
@@ -727,6 +751,11 @@ func redactionsOf(selective map[string]string) []byte {
 	}
 	return b
 }
+
+// purgeManifestAction is the action of purge manifests (commands.ActionPurgeManifest).
+const purgeManifestAction = "purge.manifest"
+
+type purgeRow struct{ tenant, subject string }
 
 type seqKey struct {
 	tenant string
