@@ -1,6 +1,7 @@
 package commands
 
 import (
+	"bytes"
 	"context"
 	"encoding/json"
 	"errors"
@@ -244,7 +245,10 @@ func (a *API) submit(w http.ResponseWriter, r *http.Request, preflight bool) {
 	a.wg.Add(1)
 	defer a.wg.Done()
 
-	body, err := readBody(w, r, MaxBodyBytes)
+	body, err := readBody(w, r, MaxBundleBodyBytes)
+	if err == nil && len(body) > MaxBodyBytes && !bytes.Contains(body, []byte(`"`+TypePolicyPublish+`"`)) {
+		err = &http.MaxBytesError{Limit: MaxBodyBytes}
+	}
 	if err != nil {
 		p := httpx.NewProblem(http.StatusRequestEntityTooLarge, "too-large", err.Error())
 		p.Errors = []FieldError{{Field: "body", Detail: err.Error()}}

@@ -45,12 +45,15 @@ var Types = []string{TypeEntityCreate, TypeEntityUpdate, TypeEntityDelete, TypeR
 // Limits on command input. Bodies larger than MaxBodyBytes are refused by the
 // HTTP layer before decoding.
 const (
-	MaxBodyBytes   = 64 << 10
-	MaxAttrs       = 64
-	MaxAttrsBytes  = 16 << 10
-	MaxIDLen       = 256
-	MaxAttrListLen = 64
-	MaxStringLen   = 1024
+	MaxBodyBytes = 64 << 10
+	// MaxBundleBodyBytes bounds a policy.bundle.publish body (a whole
+	// bundle); every other command is held to MaxBodyBytes.
+	MaxBundleBodyBytes = 1 << 20
+	MaxAttrs           = 64
+	MaxAttrsBytes      = 16 << 10
+	MaxIDLen           = 256
+	MaxAttrListLen     = 64
+	MaxStringLen       = 1024
 )
 
 var (

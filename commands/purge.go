@@ -88,7 +88,7 @@ func (p *Processor) purgeManifest(st *TenantState, partition int32, del events.R
 		Subject: del.Subject, Command: cmd, Obligations: json.RawMessage("[]"),
 	}
 	r.Rationale, _ = json.Marshal([]map[string]any{{"rule": "purge_planner", "result": true,
-		"message": fmt.Sprintf("erasure ordered by %s (%s) with %d approval(s)", del.ID, del.Actor, len(pm.Approvals)),
+		"message":    fmt.Sprintf("erasure ordered by %s (%s) with %d approval(s)", del.ID, del.Actor, len(pm.Approvals)),
 		"attributes": map[string]any{"delete_receipt": del.ID, "approvals": pm.Approvals}}})
 	r.Change, _ = json.Marshal(c)
 	payload, err := events.MarshalReceipt(r)
