@@ -64,6 +64,12 @@ func loadBundle(fsys fs.FS) (*loadedBundle, error) {
 			return nil
 		}
 		if d.IsDir() {
+			if p == ScenarioDir {
+				// The scenario matrix tests the bundle; it is not part of
+				// it (nor of its hash: editing a scenario is not a policy
+				// change).
+				return fs.SkipDir
+			}
 			return nil
 		}
 		if !d.Type().IsRegular() {
@@ -283,3 +289,7 @@ func newStore(data map[string]any) storage.Store {
 		inmem.OptRoundTripOnWrite(false),
 		inmem.OptReturnASTValuesOnRead(true))
 }
+
+// ScenarioDir is the bundle-relative directory of the scenario matrix
+// (`companyos policy test`), skipped when loading the bundle.
+const ScenarioDir = "scenarios"

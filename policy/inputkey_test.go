@@ -22,7 +22,7 @@ func TestDecisionKeyStarterBundle(t *testing.T) {
 	// Values the starter policy never reads do not change the key...
 	other := base
 	other.Principal.ID = "user:b"
-	other.Principal.Attrs = map[string]any{"region": "us", "risk_score": 99}
+	other.Principal.Attrs = map[string]any{"region": "us", "risk_score": 3, "team": "other"}
 	if k2, _ := e.DecisionKey(other); k2 != k1 {
 		t.Errorf("key depends on unread values:\n%s\n%s", k1, k2)
 	}

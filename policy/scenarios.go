@@ -27,8 +27,8 @@ import (
 	"io/fs"
 	"maps"
 	"os"
-	"path"
 	"path/filepath"
+	"reflect"
 	"regexp"
 	"slices"
 	"strings"
@@ -125,7 +125,8 @@ type expectSpec struct {
 // error, so scenarios cannot silently test nothing. Defaults: an absent
 // principal is anonymous ({id: "", roles: [], attrs: {}, exists: false});
 // roles default to [] and attrs to {}; exists defaults to true when the
-// id is non-empty.
+// id is non-empty; mfa_age_seconds (when Principal has it) defaults to 0
+// with mfa and -1 without, as the API fills it.
 func LoadScenarios(fsys fs.FS) ([]Scenario, error) {
 	entries, err := fs.ReadDir(fsys, ".")
 	if err != nil {
@@ -160,23 +161,20 @@ func LoadScenarios(fsys fs.FS) ([]Scenario, error) {
 
 	principals := map[string]map[string]any{}
 	resources := map[string]map[string]any{}
-	fixtureFile := map[string]string{}
-	for _, f := range files {
-		for kind, src := range map[string]map[string]map[string]any{"principal": f.file.Principals, "resource": f.file.Resources} {
-			dst := principals
-			if kind == "resource" {
-				dst = resources
+	definedIn := map[string]string{} // "principal:name" → file
+	addFixtures := func(kind, file string, src, dst map[string]map[string]any) {
+		for _, name := range slices.Sorted(maps.Keys(src)) {
+			if prev, dup := definedIn[kind+":"+name]; dup {
+				errs = append(errs, fmt.Errorf("%s: %s fixture %q already defined in %s", file, kind, name, prev))
+				continue
 			}
-			for _, name := range slices.Sorted(maps.Keys(src)) {
-				key := kind + ":" + name
-				if prev, dup := fixtureFile[key]; dup {
-					errs = append(errs, fmt.Errorf("%s: %s fixture %q already defined in %s", f.name, kind, name, prev))
-					continue
-				}
-				fixtureFile[key] = f.name
-				dst[name] = src[name]
-			}
+			definedIn[kind+":"+name] = file
+			dst[name] = src[name]
 		}
+	}
+	for _, f := range files {
+		addFixtures("principal", f.name, f.file.Principals, principals)
+		addFixtures("resource", f.name, f.file.Resources, resources)
 	}
 
 	var out []Scenario
@@ -325,12 +323,32 @@ func resolveEntity(field string, v any, fixtures map[string]map[string]any, isPr
 		if _, ok := m["roles"]; !ok {
 			m["roles"] = []any{}
 		}
+		// As the API fills it: a fresh MFA login, or -1 without MFA.
+		if _, ok := m["mfa_age_seconds"]; !ok && jsonFieldOf(Principal{}, "mfa_age_seconds") {
+			if m["mfa"] == true {
+				m["mfa_age_seconds"] = 0
+			} else {
+				m["mfa_age_seconds"] = -1
+			}
+		}
 	}
 	if _, ok := m["exists"]; !ok {
 		id, _ := m["id"].(string)
 		m["exists"] = id != ""
 	}
 	return m, nil
+}
+
+// jsonFieldOf reports whether struct v has a field with JSON name key. It
+// lets scenario defaults follow the engine's Input as it grows.
+func jsonFieldOf(v any, key string) bool {
+	t := reflect.TypeOf(v)
+	for i := range t.NumField() {
+		if name, _, _ := strings.Cut(t.Field(i).Tag.Get("json"), ","); name == key {
+			return true
+		}
+	}
+	return false
 }
 
 // decodeStrict converts a generic document to v through JSON, refusing
@@ -384,7 +402,7 @@ type ScenarioResult struct {
 	// Failures lists every way the decision missed the expectation.
 	Failures []string `json:"failures,omitempty"`
 	// GoldenDiff is a line diff from the golden file to this decision
-	// ("-" golden, "+" now), or a note that the golden is missing.
+	// ("-" golden, "+" now); a missing golden is a failure instead.
 	GoldenDiff string `json:"golden_diff,omitempty"`
 
 	golden []byte // GoldenDecision(Decision)
@@ -419,9 +437,9 @@ func RunScenarios(ctx context.Context, e *Engine, scenarios []Scenario, golden f
 			want, err := fs.ReadFile(golden, s.Name+".json")
 			switch {
 			case errors.Is(err, fs.ErrNotExist):
-				res.GoldenDiff = fmt.Sprintf("golden %s/%s.json is missing (accept the current decision with --update)", ScenarioGoldenDir, s.Name)
+				res.Failures = append(res.Failures, fmt.Sprintf("golden %s/%s.json is missing (accept the current decision with --update)", ScenarioGoldenDir, s.Name))
 			case err != nil:
-				res.GoldenDiff = fmt.Sprintf("golden %s/%s.json: %v", ScenarioGoldenDir, s.Name, err)
+				res.Failures = append(res.Failures, fmt.Sprintf("golden %s/%s.json: %v", ScenarioGoldenDir, s.Name, err))
 			case !bytes.Equal(want, res.golden):
 				res.GoldenDiff = lineDiff(string(want), string(res.golden))
 			}
@@ -436,10 +454,10 @@ func RunScenarios(ctx context.Context, e *Engine, scenarios []Scenario, golden f
 	}
 	if golden != nil {
 		entries, _ := fs.ReadDir(golden, ".") // a missing directory has no stale files
-		for _, e := range entries {
-			name, ok := strings.CutSuffix(e.Name(), ".json")
-			if !e.IsDir() && ok && !names[name] {
-				rep.StaleGoldens = append(rep.StaleGoldens, e.Name())
+		for _, entry := range entries {
+			name, ok := strings.CutSuffix(entry.Name(), ".json")
+			if !entry.IsDir() && ok && !names[name] {
+				rep.StaleGoldens = append(rep.StaleGoldens, entry.Name())
 			}
 		}
 	}
@@ -548,8 +566,8 @@ func GoldenDecision(d Decision) []byte {
 }
 
 // WriteGoldens makes dir/golden match rep: it writes the golden of every
-// result whose file is missing or different and removes stale goldens. It
-// returns the file names written and removed.
+// result whose file is missing or different and removes every *.json file
+// that belongs to no result. It returns the file names written and removed.
 func WriteGoldens(dir string, rep ScenarioReport) (written, removed []string, err error) {
 	gdir := filepath.Join(dir, ScenarioGoldenDir)
 	if err := os.MkdirAll(gdir, 0o755); err != nil {
@@ -566,11 +584,19 @@ func WriteGoldens(dir string, rep ScenarioReport) (written, removed []string, er
 		}
 		written = append(written, name)
 	}
-	for _, name := range rep.StaleGoldens {
-		if err := os.Remove(filepath.Join(gdir, path.Base(name))); err != nil && !errors.Is(err, fs.ErrNotExist) {
+	entries, err := os.ReadDir(gdir)
+	if err != nil {
+		return written, removed, fmt.Errorf("policy: write goldens: %w", err)
+	}
+	for _, e := range entries {
+		name, ok := strings.CutSuffix(e.Name(), ".json")
+		if e.IsDir() || !ok || slices.ContainsFunc(rep.Results, func(r ScenarioResult) bool { return r.Name == name }) {
+			continue
+		}
+		if err := os.Remove(filepath.Join(gdir, e.Name())); err != nil {
 			return written, removed, fmt.Errorf("policy: write goldens: %w", err)
 		}
-		removed = append(removed, name)
+		removed = append(removed, e.Name())
 	}
 	return written, removed, nil
 }

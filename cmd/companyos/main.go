@@ -37,6 +37,10 @@ Commands:
   migrate   create the Postgres database if needed and apply the schema migrations
   fixture   load a generated company graph through the command API: companyos fixture graph --help
   loadgen   graph query load against a running server (p50/p95/p99, server graph_query_ms)
+  policy    policy bundle tools: test (scenario matrix), coverage, docs, simulate (blast radius)
+  replay    audit replay: re-read the log, re-verify it, rebuild the ledger in a shadow schema and diff
+  evidence  the content-addressed evidence store: stats, compact, get
+  dlq       the dead-letter topic: list, show, replay
   version   print the version
 
 Every flag can also be set with an environment variable COMPANYOS_<NAME>,
@@ -66,6 +70,14 @@ func run(args []string, stdout, stderr io.Writer) int {
 		return runFixture(args[1:], stdout, stderr)
 	case "loadgen":
 		return runLoadgen(args[1:], stdout, stderr)
+	case "policy":
+		return runPolicy(context.Background(), args[1:], stdout, stderr)
+	case "replay":
+		return runReplay(context.Background(), args[1:], stdout, stderr)
+	case "evidence":
+		return runEvidence(context.Background(), args[1:], stdout, stderr)
+	case "dlq":
+		return runDLQ(context.Background(), args[1:], stdout, stderr)
 	case "version", "--version":
 		fmt.Fprintln(stdout, "companyos", version)
 		return 0

@@ -24,13 +24,14 @@ package companyos.authz
 
 # A rule must grant the action AND every obligation that applies must be met
 # (step-up MFA, dual control, no self-approval). An unmet obligation denies
-# with the obligation attached, so the caller knows what to do next.
+# with the obligation attached, so the caller knows what to do next; when no
+# rule grants the action at all, no obligation would help, so none is listed.
 decision := {"allow": true, "reasons": grants, "obligations": []} if {
 	count(grants) > 0
 	count(unmet) == 0
 } else := {"allow": false, "reasons": grants | unmet, "obligations": obligations} if {
 	count(grants) > 0
-} else := {"allow": false, "reasons": denials | unmet, "obligations": obligations}
+} else := {"allow": false, "reasons": denials | unmet, "obligations": []}
 
 # allow is decision.allow, for tests and ad-hoc queries.
 default allow := false
@@ -252,6 +253,10 @@ dual_control_action if {
 # requester, holding an eligible role when they approved. The requester comes
 # as input.context.requester (not input.principal.id, which would make every
 # memoised decision, e.g. who_can's, depend on the principal's id).
+default ctx_requester := null
+
+ctx_requester := input.context.requester
+
 default ctx_approvals := []
 
 ctx_approvals := input.context.approvals
@@ -295,7 +300,7 @@ obligations contains {"type": "approvals_required", "params": {
 	"count": data.companyos.dual_control.approvals,
 	"have": count(eligible_approvers),
 	"eligible_roles": data.companyos.dual_control.eligible_roles,
-	"excluding": [input.context.requester],
+	"excluding": [ctx_requester],
 	"action": input.action,
 	"resource": input.resource.id,
 }} if {
@@ -340,6 +345,61 @@ has_justification if {
 obligations contains {"type": "justification_required", "params": {"action": input.action}} if {
 	input.action in data.companyos.justification.actions
 	not has_justification
+}
+
+# --- Obligation: employment_active ------------------------------------------------
+# A terminated principal (attrs.employment_status) is denied every action.
+
+unmet contains {
+	"rule": "employment_active",
+	"result": false,
+	"message": "the principal's employment_status is \"terminated\"",
+	"attributes": {"employment_status": "terminated"},
+} if {
+	input.principal.attrs.employment_status == "terminated"
+}
+
+# --- Obligation: risk_step_up --------------------------------------------------------
+# A principal whose attrs.risk_score is at or above
+# data.companyos.risk.step_up_score needs a fresh MFA login for every action.
+
+high_risk if {
+	is_number(input.principal.attrs.risk_score)
+	input.principal.attrs.risk_score >= data.companyos.risk.step_up_score
+}
+
+unmet contains {
+	"rule": "risk_step_up",
+	"result": false,
+	"message": sprintf("risk score %v >= %v needs a multi-factor login within the last %d seconds", [input.principal.attrs.risk_score, data.companyos.risk.step_up_score, data.companyos.step_up.max_age_seconds]),
+	"attributes": {"risk_score": input.principal.attrs.risk_score, "step_up_score": data.companyos.risk.step_up_score, "mfa": raw_mfa},
+} if {
+	high_risk
+	not mfa_fresh
+}
+
+obligations contains {"type": "mfa_required", "params": {"max_age_seconds": data.companyos.step_up.max_age_seconds}} if {
+	high_risk
+	not mfa_fresh
+}
+
+# --- Obligation: data_residency ------------------------------------------------------
+# A resource with residency tags (attrs.residency, a list of regions) may only
+# be acted on by principals whose region is one of them.
+
+default raw_residency := null
+
+raw_residency := input.resource.attrs.residency
+
+unmet contains {
+	"rule": "data_residency",
+	"result": false,
+	"message": sprintf("resource %s may only be handled from %s; principal region is %v", [input.resource.id, concat(", ", [r | some r in input.resource.attrs.residency; is_string(r)]), raw_principal_region]),
+	"attributes": {"residency": raw_residency, "principal_region": raw_principal_region},
+} if {
+	is_array(input.resource.attrs.residency)
+	count(input.resource.attrs.residency) > 0
+	not raw_principal_region in input.resource.attrs.residency
 }
 
 # --- Every deny -----------------------------------------------------------------

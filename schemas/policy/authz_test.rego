@@ -207,3 +207,27 @@ test_finance_may_set_prices if {
 	authz.decision.allow with input as req("pricing.set", fin, {"id": "price:compute.cpu_seconds", "attrs": {}, "exists": false})
 	not authz.decision.allow with input as req("pricing.set", editor_eu, {"id": "price:compute.cpu_seconds", "attrs": {}, "exists": false})
 }
+
+test_terminated_principal_denied_everything if {
+	p := object.union(admin, {"attrs": {"employment_status": "terminated"}})
+	d := authz.decision with input as req("entity.update", p, doc_eu)
+	not d.allow
+	"employment_active" in rules(d)
+}
+
+test_high_risk_needs_mfa if {
+	p := object.union(admin_no_mfa, {"attrs": {"risk_score": 85}})
+	d := authz.decision with input as req("entity.update", p, doc_eu)
+	not d.allow
+	obligation_types(d) == {"mfa_required"}
+	low := object.union(admin_no_mfa, {"attrs": {"risk_score": 10}})
+	authz.decision.allow with input as req("entity.update", low, doc_eu)
+}
+
+test_data_residency if {
+	res := {"id": "doc:9", "kind": "document", "attrs": {"region": "eu", "residency": ["eu", "ch"]}, "exists": true}
+	authz.decision.allow with input as req("entity.update", object.union(editor_eu, {"attrs": {"region": "eu"}}), res)
+	d := authz.decision with input as req("entity.update", object.union(admin, {"attrs": {"region": "us"}}), res)
+	not d.allow
+	"data_residency" in rules(d)
+}
