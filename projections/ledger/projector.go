@@ -98,13 +98,14 @@ type Projector struct {
 	beforeCommit func(events.Batch) error
 	afterCommit  func(events.Batch) error
 
-	receipts  prometheus.Counter
-	skipped   prometheus.Counter
-	lag       prometheus.Gauge
-	broken    prometheus.Gauge
-	cpSize    prometheus.Gauge
-	cpAge     prometheus.Gauge
-	batchSecs prometheus.Histogram
+	receipts       prometheus.Counter
+	verifyFailures *prometheus.CounterVec
+	skipped        prometheus.Counter
+	lag            prometheus.Gauge
+	broken         prometheus.Gauge
+	cpSize         prometheus.Gauge
+	cpAge          prometheus.Gauge
+	batchSecs      prometheus.Histogram
 }
 
 type tenantHead struct {
@@ -133,7 +134,12 @@ func NewProjector(cfg Config) (*Projector, error) {
 		return nil, err
 	}
 	p := &Projector{cfg: cfg, log: cfg.Logger.With("component", "ledger-projector"), ledger: l}
-	p.receipts = prometheus.NewCounter(prometheus.CounterOpts{Name: "ledger_receipts_total", Help: "Receipts applied to the provenance ledger."})
+	p.receipts = prometheus.NewCounter(prometheus.CounterOpts{Name: "provenance_receipts_total", Help: "Receipts applied to the provenance ledger."})
+	p.verifyFailures = prometheus.NewCounterVec(prometheus.CounterOpts{Name: "provenance_verification_failures_total",
+		Help: "Receipts the ledger refused, by kind: signature (bad or unknown key, malformed envelope), fork, gap, chain (prev_hash), duplicate_id."}, []string{"kind"})
+	for _, k := range []string{"signature", "fork", "gap", "chain", "duplicate_id"} {
+		p.verifyFailures.WithLabelValues(k)
+	}
 	p.skipped = prometheus.NewCounter(prometheus.CounterOpts{Name: "ledger_skipped_receipts_total", Help: "Receipts not applied because their tenant's chain is broken."})
 	p.lag = prometheus.NewGauge(prometheus.GaugeOpts{Name: "ledger_lag_records", Help: "Records between the ledger's positions and the last stable offsets, summed over partitions."})
 	p.broken = prometheus.NewGauge(prometheus.GaugeOpts{Name: "ledger_broken_tenants", Help: "Tenants whose chain is broken (gap, fork, bad signature); their receipts are no longer applied."})
@@ -142,7 +148,7 @@ func NewProjector(cfg Config) (*Projector, error) {
 	p.batchSecs = prometheus.NewHistogram(prometheus.HistogramOpts{Name: "ledger_batch_seconds", Help: "Time to apply one fetched batch in one Postgres transaction.",
 		Buckets: []float64{.001, .005, .01, .025, .05, .1, .25, .5, 1, 2.5, 5}})
 	if cfg.Registerer != nil {
-		cfg.Registerer.MustRegister(p.receipts, p.skipped, p.lag, p.broken, p.cpSize, p.cpAge, p.batchSecs)
+		cfg.Registerer.MustRegister(p.receipts, p.skipped, p.lag, p.broken, p.cpSize, p.cpAge, p.batchSecs, p.verifyFailures)
 	}
 	return p, nil
 }
@@ -574,7 +580,8 @@ func (p *Projector) write(b events.Batch, ps []parsed, checkIDs bool, start time
 	var receiptRows, hashRows, disclosureRows [][]any
 	var purges []purgeRow
 	applied, skipped, newlyBroken := 0, 0, 0
-	breakTenant := func(h *tenantHead, t, reason string) {
+	breakTenant := func(h *tenantHead, t, kind, reason string) {
+		p.verifyFailures.WithLabelValues(kind).Inc()
 		h.broken = reason
 		newlyBroken++
 		p.log.Error("ledger: tenant chain broken; its later receipts are not applied until repaired", "tenant", t, "reason", reason)
@@ -589,7 +596,7 @@ func (p *Projector) write(b events.Batch, ps []parsed, checkIDs bool, start time
 			continue
 		}
 		if x.err != nil {
-			breakTenant(h, x.tenant, fmt.Sprintf("%s: %v", where, x.err))
+			breakTenant(h, x.tenant, "signature", fmt.Sprintf("%s: %v", where, x.err))
 			continue
 		}
 		r := &x.r
@@ -606,23 +613,23 @@ func (p *Projector) write(b events.Batch, ps []parsed, checkIDs bool, start time
 			if stored == payloadHash {
 				continue
 			}
-			breakTenant(h, x.tenant, fmt.Sprintf("%s: fork at seq %d: payload %s, ledger has %s", where, r.Seq, payloadHash, stored))
+			breakTenant(h, x.tenant, "fork", fmt.Sprintf("%s: fork at seq %d: payload %s, ledger has %s", where, r.Seq, payloadHash, stored))
 			continue
 		}
 		if r.Seq != h.seq+1 {
-			breakTenant(h, x.tenant, fmt.Sprintf("%s: gap: seq %d after %d", where, r.Seq, h.seq))
+			breakTenant(h, x.tenant, "gap", fmt.Sprintf("%s: gap: seq %d after %d", where, r.Seq, h.seq))
 			continue
 		}
 		if r.PrevHash != h.hash {
-			breakTenant(h, x.tenant, fmt.Sprintf("%s: seq %d prev_hash %s, head is %s", where, r.Seq, r.PrevHash, h.hash))
+			breakTenant(h, x.tenant, "chain", fmt.Sprintf("%s: seq %d prev_hash %s, head is %s", where, r.Seq, r.PrevHash, h.hash))
 			continue
 		}
 		if s, ok := known[r.ID]; ok {
-			breakTenant(h, x.tenant, fmt.Sprintf("%s: receipt id %s already used by %s seq %d", where, r.ID, s.tenant, s.seq))
+			breakTenant(h, x.tenant, "duplicate_id", fmt.Sprintf("%s: receipt id %s already used by %s seq %d", where, r.ID, s.tenant, s.seq))
 			continue
 		}
 		if s, ok := batchIDs[r.ID]; ok {
-			breakTenant(h, x.tenant, fmt.Sprintf("%s: receipt id %s already used by %s seq %d", where, r.ID, s.tenant, s.seq))
+			breakTenant(h, x.tenant, "duplicate_id", fmt.Sprintf("%s: receipt id %s already used by %s seq %d", where, r.ID, s.tenant, s.seq))
 			continue
 		}
 		batchIDs[r.ID] = storedRef{tenant: x.tenant, seq: r.Seq}
