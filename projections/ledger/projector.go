@@ -134,7 +134,7 @@ func NewProjector(cfg Config) (*Projector, error) {
 		return nil, err
 	}
 	p := &Projector{cfg: cfg, log: cfg.Logger.With("component", "ledger-projector"), ledger: l}
-	p.receipts = prometheus.NewCounter(prometheus.CounterOpts{Name: "provenance_receipts_total", Help: "Receipts applied to the provenance ledger."})
+	p.receipts = prometheus.NewCounter(prometheus.CounterOpts{Name: "ledger_receipts_total", Help: "Receipts applied to the provenance ledger (provenance_receipts_total counts them as the processor commits them)."})
 	p.verifyFailures = prometheus.NewCounterVec(prometheus.CounterOpts{Name: "provenance_verification_failures_total",
 		Help: "Receipts the ledger refused, by kind: signature (bad or unknown key, malformed envelope), fork, gap, chain (prev_hash), duplicate_id."}, []string{"kind"})
 	for _, k := range []string{"signature", "fork", "gap", "chain", "duplicate_id"} {

@@ -58,7 +58,7 @@ func TestProjectsReceiptsExactly(t *testing.T) {
 		t.Fatalf("acme head = %+v, %v", h, err)
 	}
 	if got := metricValue(p.receipts); got != 80 {
-		t.Fatalf("provenance_receipts_total = %v", got)
+		t.Fatalf("ledger_receipts_total = %v", got)
 	}
 	// The envelope is stored byte-exact and still verifies.
 	r, err := p.Ledger().Receipt(e.ctx, "rcpt_acme_7_7")

@@ -385,7 +385,8 @@ obligations contains {"type": "mfa_required", "params": {"max_age_seconds": data
 
 # --- Obligation: data_residency ------------------------------------------------------
 # A resource with residency tags (attrs.residency, a list of regions) may only
-# be acted on by principals whose region is one of them.
+# be acted on by principals whose region is one of them. Creating it is not
+# handling existing data: the creator sets the tags.
 
 default raw_residency := null
 
@@ -397,6 +398,7 @@ unmet contains {
 	"message": sprintf("resource %s may only be handled from %s; principal region is %v", [input.resource.id, concat(", ", [r | some r in input.resource.attrs.residency; is_string(r)]), raw_principal_region]),
 	"attributes": {"residency": raw_residency, "principal_region": raw_principal_region},
 } if {
+	input.action != "entity.create"
 	is_array(input.resource.attrs.residency)
 	count(input.resource.attrs.residency) > 0
 	not raw_principal_region in input.resource.attrs.residency
