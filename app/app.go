@@ -33,6 +33,7 @@ import (
 	"github.com/companyos/companyos/auth"
 	"github.com/companyos/companyos/commands"
 	"github.com/companyos/companyos/events"
+	"github.com/companyos/companyos/evidence"
 	"github.com/companyos/companyos/internal/httpx"
 	"github.com/companyos/companyos/internal/keyfile"
 	"github.com/companyos/companyos/internal/keystore"
@@ -262,6 +263,17 @@ type App struct {
 	closers []func()
 }
 
+// ledgerEvidence adapts the evidence store to the ledger: erasing a blob
+// that is already gone is done.
+type ledgerEvidence struct{ *evidence.Store }
+
+func (e ledgerEvidence) Delete(ctx context.Context, hash string) error {
+	if err := e.Store.Delete(ctx, hash); err != nil && !errors.Is(err, evidence.ErrNotFound) {
+		return err
+	}
+	return nil
+}
+
 // discloseAuthorizer asks the policy whether the caller may see selective
 // fields of a subject (action provenance.disclose, a step-up action).
 func discloseAuthorizer(engine *policy.Reloadable, stepUp httpx.StepUp) ledger.DiscloseAuthorizer {
@@ -383,8 +395,13 @@ func New(ctx context.Context, cfg Config) (a *App, err error) {
 	}
 	receiptKeys := keyfile.KeySet{Keys: []keyfile.PublicKey{signer.Public()}}
 	if cfg.has("ledger") {
+		ev, err := evidence.New(evidence.Config{Pool: a.pg, Registerer: a.reg})
+		if err != nil {
+			return nil, err
+		}
+		a.closers = append(a.closers, ev.Close)
 		a.ledgerP, err = ledger.NewProjector(ledger.Config{Brokers: a.brokers, Pool: a.pg, Signer: checkpointSigner, Keys: &receiptKeys,
-			CheckpointInterval: cfg.CheckpointInterval, Logger: a.log, Registerer: a.reg})
+			CheckpointInterval: cfg.CheckpointInterval, Logger: a.log, Registerer: a.reg, Evidence: ledgerEvidence{ev}})
 		if err != nil {
 			return nil, err
 		}

@@ -1,12 +1,16 @@
 package app_test
 
 import (
+	"context"
 	"encoding/json"
 	"strings"
 	"testing"
 	"time"
 
+	"github.com/jackc/pgx/v5/pgxpool"
+
 	"github.com/companyos/companyos/events"
+	"github.com/companyos/companyos/evidence"
 	"github.com/companyos/companyos/projections/ledger"
 )
 
@@ -126,6 +130,34 @@ func TestDualControlDeleteWithPurgeManifest(t *testing.T) {
 	env, _ := events.ParseEnvelope(got.Envelope)
 	if err := env.Verify(s.receiptKeys()); err != nil {
 		t.Fatalf("erased receipt no longer verifies: %v", err)
+	}
+	// The erased receipt's evidence blob is gone from the evidence store;
+	// another receipt's is still there.
+	pool, err := pgxpool.New(context.Background(), s.pgDSN)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer pool.Close()
+	ev, err := evidence.New(evidence.Config{Pool: pool})
+	if err != nil {
+		t.Fatal(err)
+	}
+	deadline = time.Now().Add(10 * time.Second)
+	for {
+		has, err := ev.Has(context.Background(), p.Evidence[0])
+		if err != nil {
+			t.Fatal(err)
+		}
+		if !has {
+			break
+		}
+		if time.Now().After(deadline) {
+			t.Fatalf("evidence %s not erased", p.Evidence[0])
+		}
+		time.Sleep(50 * time.Millisecond)
+	}
+	if has, err := ev.Has(context.Background(), manifest.EvidenceHash); err != nil || !has {
+		t.Fatalf("manifest evidence %s missing: %v", manifest.EvidenceHash, err)
 	}
 	// The graph no longer has the dataset.
 	g := s.graphQuery(s.admin, map[string]any{"tenant": "pilot-1", "query": "neighbors('dataset:prod', 1)", "consistency": ok.body["consistency"]})

@@ -49,6 +49,18 @@ type Config struct {
 	Registerer prometheus.Registerer
 	// ClientOpts are extra franz-go options (optional).
 	ClientOpts []kgo.Opt
+	// Evidence stores each receipt's evidence (its command bytes, which
+	// evidence_hash names) in the same transaction as the receipt, and
+	// erases the blobs purge manifests list (optional: without it no
+	// evidence is kept).
+	Evidence EvidenceStore
+}
+
+// EvidenceStore is the content-addressed evidence store (evidence.Store).
+// Delete of a blob that is already gone must return nil.
+type EvidenceStore interface {
+	PutTx(ctx context.Context, tx pgx.Tx, blobs [][]byte) error
+	Delete(ctx context.Context, hash string) error
 }
 
 // Validate reports every missing field.
@@ -208,6 +220,9 @@ func (p *Projector) Run(ctx context.Context) error {
 		}
 		return err
 	}
+	if err := p.sweepErasures(ctx); err != nil {
+		p.log.Error("ledger: evidence erasure (retried at the next purge)", "err", err)
+	}
 
 	cpCtx, stopCP := context.WithCancel(ctx)
 	var wg sync.WaitGroup
@@ -353,6 +368,7 @@ type receiptFields struct {
 	CommandID     string            `json:"command_id"`
 	Subject       string            `json:"subject"`
 	Selective     map[string]string `json:"selective"`
+	Command       json.RawMessage   `json:"command"`
 }
 
 type parsed struct {
@@ -579,6 +595,7 @@ func (p *Projector) write(b events.Batch, ps []parsed, checkIDs bool, start time
 	batchSeqs := map[seqKey]string{} // payload hashes applied in this batch
 	var receiptRows, hashRows, disclosureRows [][]any
 	var purges []purgeRow
+	var evidenceBlobs [][]byte
 	applied, skipped, newlyBroken := 0, 0, 0
 	breakTenant := func(h *tenantHead, t, kind, reason string) {
 		p.verifyFailures.WithLabelValues(kind).Inc()
@@ -655,7 +672,14 @@ func (p *Projector) write(b events.Batch, ps []parsed, checkIDs bool, start time
 		receiptRows = append(receiptRows, []any{r.ID, x.tenant, r.Seq, r.Action, r.Actor, r.Decision, r.PolicyVersion, r.EvidenceHash,
 			r.CreatedAt, r.PrevHash, payloadHash, x.rec.Value, b.Partition, x.rec.Offset, r.CommandID, r.Subject, redactionsOf(r.Selective)})
 		if x.purge != nil {
-			purges = append(purges, purgeRow{tenant: x.tenant, subject: x.purge.Subject})
+			purges = append(purges, purgeRow{tenant: x.tenant, subject: x.purge.Subject, receipt: r.ID, evidence: x.purge.Evidence})
+		}
+		if p.cfg.Evidence != nil && len(r.Command) > 0 {
+			if events.EvidenceHash(r.Command) == r.EvidenceHash {
+				evidenceBlobs = append(evidenceBlobs, r.Command)
+			} else {
+				p.log.Warn("ledger: evidence_hash does not name the receipt's command; evidence not stored", "receipt", r.ID)
+			}
 		}
 		if ds := x.disclosures; ds != nil {
 			for _, f := range slices.Sorted(maps.Keys(ds.Fields)) {
@@ -690,6 +714,17 @@ func (p *Projector) write(b events.Batch, ps []parsed, checkIDs bool, start time
 	for _, pr := range purges {
 		if _, err := tx.Exec(ctx, "DELETE FROM disclosures WHERE tenant = $1 AND subject = $2", pr.tenant, pr.subject); err != nil {
 			return fmt.Errorf("ledger projector: purge %s/%s: %w", pr.tenant, pr.subject, err)
+		}
+		if len(pr.evidence) > 0 {
+			if _, err := tx.Exec(ctx, `INSERT INTO evidence_erasures (hash, tenant, receipt_id)
+				SELECT h, $2, $3 FROM unnest($1::text[]) AS h ON CONFLICT DO NOTHING`, pr.evidence, pr.tenant, pr.receipt); err != nil {
+				return fmt.Errorf("ledger projector: purge %s/%s: record erasures: %w", pr.tenant, pr.subject, err)
+			}
+		}
+	}
+	if len(evidenceBlobs) > 0 {
+		if err := p.cfg.Evidence.PutTx(ctx, tx, evidenceBlobs); err != nil {
+			return fmt.Errorf("ledger projector: store evidence: %w", err)
 		}
 	}
 	if len(touched) > 0 {
@@ -743,6 +778,11 @@ func (p *Projector) write(b events.Batch, ps []parsed, checkIDs bool, start time
 		p.broken.Add(float64(newlyBroken))
 	}
 	p.batchSecs.Observe(time.Since(start).Seconds())
+	if len(purges) > 0 {
+		if err := p.sweepErasures(ctx); err != nil {
+			p.log.Error("ledger: evidence erasure (retried at the next purge and at start)", "err", err)
+		}
+	}
 	if p.afterCommit != nil {
 		return p.afterCommit(b)
 	}
@@ -762,7 +802,39 @@ func redactionsOf(selective map[string]string) []byte {
 // purgeManifestAction is the action of purge manifests (commands.ActionPurgeManifest).
 const purgeManifestAction = "purge.manifest"
 
-type purgeRow struct{ tenant, subject string }
+type purgeRow struct {
+	tenant, subject, receipt string
+	evidence                 []string
+}
+
+// sweepErasures deletes the evidence blobs recorded in evidence_erasures
+// and then their rows. Blobs already gone count as erased.
+func (p *Projector) sweepErasures(ctx context.Context) error {
+	if p.cfg.Evidence == nil {
+		return nil
+	}
+	rows, err := p.cfg.Pool.Query(ctx, "SELECT DISTINCT hash FROM evidence_erasures")
+	if err != nil {
+		return fmt.Errorf("ledger: evidence erasures: %w", err)
+	}
+	hashes, err := pgx.CollectRows(rows, pgx.RowTo[string])
+	if err != nil {
+		return fmt.Errorf("ledger: evidence erasures: %w", err)
+	}
+	for _, h := range hashes {
+		if err := p.cfg.Evidence.Delete(ctx, h); err != nil {
+			return fmt.Errorf("ledger: erase evidence %s: %w", h, err)
+		}
+		if _, err := p.cfg.Pool.Exec(ctx, "DELETE FROM evidence_erasures WHERE hash = $1", h); err != nil {
+			return fmt.Errorf("ledger: evidence erasures: %w", err)
+		}
+	}
+	if len(hashes) > 0 {
+		p.log.Info("ledger: evidence erased", "blobs", len(hashes))
+	}
+	return nil
+}
+
 
 type seqKey struct {
 	tenant string
