@@ -38,6 +38,7 @@ import (
 	"github.com/companyos/companyos/internal/keyfile"
 	"github.com/companyos/companyos/internal/keystore"
 	"github.com/companyos/companyos/internal/stores"
+	"github.com/companyos/companyos/metering"
 	"github.com/companyos/companyos/policy"
 	"github.com/companyos/companyos/projections/graph"
 	"github.com/companyos/companyos/projections/ledger"
@@ -468,7 +469,21 @@ func New(ctx context.Context, cfg Config) (a *App, err error) {
 		if err != nil {
 			return nil, err
 		}
+		// Metering has its own producer: large ingest batches must not fill
+		// the buffer the command path waits on.
+		meterProducer, err := kgo.NewClient(kgo.SeedBrokers(a.brokers...), kgo.RequiredAcks(kgo.AllISRAcks()),
+			kgo.ProducerLinger(2*time.Millisecond))
+		if err != nil {
+			return nil, fmt.Errorf("kafka client: %w", err)
+		}
+		a.closers = append(a.closers, meterProducer.Close)
+		meteringAPI, err := metering.NewAPI(metering.Config{Producer: meterProducer, Tokens: verifier, Metrics: httpMetrics,
+			Registerer: a.reg, Ready: a.ready.Load, Logger: a.log})
+		if err != nil {
+			return nil, err
+		}
 		mux := http.NewServeMux()
+		meteringAPI.Register(mux)
 		a.api.Register(mux)
 		graphAPI.Register(mux)
 		ledgerAPI.Register(mux)

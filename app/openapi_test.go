@@ -12,6 +12,7 @@ import (
 
 	"github.com/companyos/companyos/app"
 	"github.com/companyos/companyos/commands"
+	"github.com/companyos/companyos/metering"
 	"github.com/companyos/companyos/projections/graph"
 	"github.com/companyos/companyos/projections/ledger"
 	"github.com/companyos/companyos/schemas"
@@ -57,6 +58,7 @@ func TestOpenAPIMatchesLiveRoutes(t *testing.T) {
 	served := append(slices.Clone(commands.Routes), app.TelemetryRoutes...)
 	served = append(served, graph.Routes...)
 	served = append(served, ledger.Routes...)
+	served = append(served, metering.Routes...)
 	sort.Strings(served)
 	if !slices.Equal(documented, served) {
 		t.Fatalf("openapi.yaml routes\n  %v\nserved routes\n  %v", documented, served)

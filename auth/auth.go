@@ -37,7 +37,9 @@ const amrMFA = "mfa"
 
 var (
 	principalPattern = regexp.MustCompile(`^[a-z][a-z0-9_-]*:[A-Za-z0-9._\-/@]+$`)
-	rolePattern      = regexp.MustCompile(`^[a-z][a-z0-9_-]{0,63}$`)
+	// rolePattern admits dotted, permission-style names such as
+	// "metering.write" next to plain roles such as "admin".
+	rolePattern = regexp.MustCompile(`^[a-z][a-z0-9_.-]{0,63}$`)
 )
 
 // TenantPattern is what a tenant name looks like, everywhere a tenant is
@@ -48,7 +50,7 @@ var TenantPattern = regexp.MustCompile(`^[a-z0-9][a-z0-9-]{0,62}$`)
 type Claims struct {
 	Principal string    // entity id, e.g. "user:alice"
 	Tenants   []string  // tenant names, or ["*"] for every tenant
-	Roles     []string  // roles asserted by the issuer; may be empty
+	Roles     []string  // roles asserted by the issuer, incl. permission-style ones ("metering.write"); may be empty
 	MFA       bool      // "amr" contained "mfa"
 	AuthTime  time.Time // when the login/MFA happened; zero if not asserted
 	IssuedAt  time.Time // zero if the token has no iat

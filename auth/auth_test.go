@@ -471,6 +471,7 @@ func TestIssueRequestValidate(t *testing.T) {
 		{"valid", ok, nil},
 		{"valid wildcard with roles", with(func(r *IssueRequest) { r.Tenants = []string{"*"}; r.Roles = []string{"admin", "ops-2"} }), nil},
 		{"valid max ttl", with(func(r *IssueRequest) { r.TTL = MaxTTL }), nil},
+		{"valid permission-style role", with(func(r *IssueRequest) { r.Roles = []string{"metering.write"} }), nil},
 		{"zero value", IssueRequest{}, []string{"principal: required", "tenants: at least one", "ttl: must be positive"}},
 		{"principal without kind", with(func(r *IssueRequest) { r.Principal = "alice" }), []string{`principal: "alice"`}},
 		{"principal uppercase kind", with(func(r *IssueRequest) { r.Principal = "User:alice" }), []string{"principal:"}},
