@@ -41,6 +41,7 @@ import (
 	"github.com/companyos/companyos/metering"
 	"github.com/companyos/companyos/policy"
 	"github.com/companyos/companyos/projections/graph"
+	"github.com/companyos/companyos/projections/cogs"
 	"github.com/companyos/companyos/projections/ledger"
 	"github.com/companyos/companyos/schemas"
 )
@@ -86,8 +87,9 @@ type Config struct {
 	TokenKeysFile string
 	// TokenIssuer is the expected "iss" of bearer tokens. Default "companyos".
 	TokenIssuer string
-	// Roles selects components in serve mode: "api", "processor", "ledger"
-	// (default all three). Several "ledger" instances may run: one writes,
+	// Roles selects components in serve mode: "api", "processor", "ledger",
+	// "cogs" (default all four; run one cogs instance per ClickHouse
+	// database). Several "ledger" instances may run: one writes,
 	// the others stand by (Postgres advisory lock).
 	Roles []string
 	// LedgerKeyFile is the checkpoint signing key of the provenance ledger
@@ -162,7 +164,7 @@ func (c *Config) Defaults() {
 		def(&c.KeystoreKeyFile, filepath.Join(c.DataDir, "keystore.key"))
 	}
 	if len(c.Roles) == 0 {
-		c.Roles = []string{"api", "processor", "ledger"}
+		c.Roles = []string{"api", "processor", "ledger", "cogs"}
 	}
 	if c.PolicyTimeout <= 0 {
 		c.PolicyTimeout = time.Second
@@ -210,8 +212,8 @@ func (c Config) Validate() error {
 		}
 	}
 	for _, r := range c.Roles {
-		if r != "api" && r != "processor" && r != "ledger" {
-			errs = append(errs, fmt.Errorf("--roles: unknown role %q (api, processor, ledger)", r))
+		if r != "api" && r != "processor" && r != "ledger" && r != "cogs" {
+			errs = append(errs, fmt.Errorf("--roles: unknown role %q (api, processor, ledger, cogs)", r))
 		}
 	}
 	if c.Partitions > 1000 {
@@ -246,6 +248,7 @@ type App struct {
 	api       *commands.API
 	projector *graph.Projector
 	ledgerP   *ledger.Projector
+	cogsP     *cogs.Projector
 
 	apiSrv, metricsSrv *http.Server
 	apiLn, metricsLn   net.Listener
@@ -408,6 +411,21 @@ func New(ctx context.Context, cfg Config) (a *App, err error) {
 		}
 	}
 
+	if err := cogs.Migrate(tctx, a.ch); err != nil {
+		return nil, fmt.Errorf("clickhouse migrations: %w", err)
+	}
+	if cfg.has("cogs") {
+		a.cogsP, err = cogs.NewProjector(cogs.Config{Brokers: a.brokers, Conn: a.ch, InstanceID: "cogs-" + cfg.InstanceID,
+			ReceiptKeys: &receiptKeys, Logger: a.log, Registerer: a.reg})
+		if err != nil {
+			return nil, err
+		}
+	}
+	priceRules, err := cogs.DefaultRules()
+	if err != nil {
+		return nil, err
+	}
+
 	httpMetrics := httpx.NewMetrics(a.reg)
 	bundle, err := fs.Sub(schemas.Policy, "policy")
 	if err != nil {
@@ -427,6 +445,10 @@ func New(ctx context.Context, cfg Config) (a *App, err error) {
 		a.processor, err = commands.NewProcessor(commands.ProcessorConfig{
 			Brokers: a.brokers, InstanceID: cfg.InstanceID, TransactionalID: transactionalID(cfg), Signer: signer, Policy: engine,
 			Logger: a.log, Registerer: a.reg, SubjectKeys: subjectKeys, SelectiveAttrs: cfg.SelectiveAttrs,
+			ValidatePrice: func(p commands.PricingSet) error {
+				return cogs.ValidatePriceSet(priceRules, cogs.PriceSet{Meter: p.Meter, Unit: p.Unit, Region: p.Region, Currency: p.Currency,
+					UnitPrice: p.UnitPrice, EffectiveFrom: p.EffectiveFrom, AppliesToTenant: p.AppliesToTenant})
+			},
 		})
 		if err != nil {
 			return nil, err
@@ -551,13 +573,27 @@ func loadKey(cfg Config, path, flag string) (ed25519.PrivateKey, error) {
 
 // Migrate creates the Postgres database when missing and applies the
 // embedded migrations (`companyos migrate`).
-func Migrate(ctx context.Context, pgDSN string) error {
+func Migrate(ctx context.Context, pgDSN, chAddr, chDatabase string) error {
 	pool, err := stores.EnsurePostgres(ctx, pgDSN)
 	if err != nil {
 		return fmt.Errorf("--pg-dsn: %w", err)
 	}
 	defer pool.Close()
-	return ledger.Migrate(ctx, pool)
+	if err := ledger.Migrate(ctx, pool); err != nil {
+		return fmt.Errorf("postgres: %w", err)
+	}
+	if chAddr == "" {
+		return nil
+	}
+	ch, err := stores.EnsureClickHouse(ctx, chAddr, chDatabase)
+	if err != nil {
+		return fmt.Errorf("--clickhouse-addr/--clickhouse-database: %w", err)
+	}
+	defer ch.Close()
+	if err := cogs.Migrate(ctx, ch); err != nil {
+		return fmt.Errorf("clickhouse: %w", err)
+	}
+	return nil
 }
 
 func loadSigningKey(cfg Config) (ed25519.PrivateKey, bool, error) {
@@ -669,6 +705,13 @@ func (a *App) readyz(w http.ResponseWriter, r *http.Request) {
 		}
 		mark("graph_projector", err)
 	}
+	if a.cogsP != nil {
+		var err error
+		if !a.cogsP.Ready() {
+			err = errors.New("not consuming")
+		}
+		mark("cogs_projector", err)
+	}
 	if a.ledgerP != nil {
 		// Informational: a standby ledger instance (another one holds the
 		// writer lock) is healthy, so this check never fails readiness.
@@ -720,6 +763,9 @@ func (a *App) Run(ctx context.Context) error {
 	}
 	if a.ledgerP != nil {
 		g.Go(func() error { return a.ledgerP.Run(gctx) })
+	}
+	if a.cogsP != nil {
+		g.Go(func() error { return a.cogsP.Run(gctx) })
 	}
 	if a.waiter != nil {
 		g.Go(func() error { return a.waiter.Run(gctx) })

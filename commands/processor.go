@@ -59,6 +59,11 @@ type ProcessorConfig struct {
 	// SelectiveAttrs are attribute names always treated as selective, e.g.
 	// "email" (optional, default none; commands may name more).
 	SelectiveAttrs []string
+	// ValidatePrice checks a pricing.set against the price catalog's rules
+	// (meter units, whole-hour effective_from; projections/cogs owns them),
+	// so a price the catalog could not apply is refused with 422 instead of
+	// receipted (optional).
+	ValidatePrice func(PricingSet) error
 }
 
 // Validate reports every missing required field.
@@ -427,6 +432,14 @@ func (p *Processor) handle(ctx context.Context, ps *partitionState, rec *kgo.Rec
 		if vp := p.checkBundle(ctx, pl); vp != nil {
 			reply(Reply{Status: vp.Status, Problem: vp})
 			return ""
+		}
+	case *PricingSet:
+		if p.cfg.ValidatePrice != nil {
+			if err := p.cfg.ValidatePrice(*pl); err != nil {
+				vp := fieldProblem("payload", "the price catalog cannot apply this price: "+err.Error())
+				reply(Reply{Status: vp.Status, Problem: vp})
+				return ""
+			}
 		}
 	}
 	in := PolicyInput(st, req.Principal, cmd, payload, now)

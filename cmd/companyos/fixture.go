@@ -16,8 +16,9 @@ import (
 )
 
 const fixtureUsage = `Usage: companyos fixture graph --tenant pilot-1 [--nodes 50000] [--edges 220000] [--seed 42]
+       companyos fixture metering [--tenants 20] [--days 30] [--seed 7] (see companyos fixture metering --help)
 
-Generates a realistic company graph (services, dbs, datasets, users, groups,
+graph: generates a realistic company graph (services, dbs, datasets, users, groups,
 roles, teams; skewed degrees with a few hubs) and creates it through the real
 command path: every node and edge is a command with its own signed receipt.
 Re-running with the same seed and tenant replays instead of duplicating.
@@ -33,6 +34,9 @@ func isTerminal(w io.Writer) bool {
 }
 
 func runFixture(args []string, stdout, stderr io.Writer) int {
+	if len(args) > 0 && args[0] == "metering" {
+		return runFixtureMetering(context.Background(), args[1:], stdout, stderr)
+	}
 	if len(args) == 0 || args[0] != "graph" {
 		if len(args) > 0 && (args[0] == "-h" || args[0] == "--help" || args[0] == "help") {
 			fmt.Fprint(stdout, fixtureUsage)

@@ -35,12 +35,13 @@ Commands:
   serve     run against an external Kafka cluster (--kafka-brokers)
   token     issue bearer tokens (dev): companyos token issue --help
   migrate   create the Postgres database if needed and apply the schema migrations
-  fixture   load a generated company graph through the command API: companyos fixture graph --help
+  fixture   generated data through the real paths: fixture graph (company graph), fixture metering (usage + prices)
   loadgen   graph query load against a running server (p50/p95/p99, server graph_query_ms)
   policy    policy bundle tools: test (scenario matrix), coverage, docs, simulate (blast radius)
   replay    audit replay: re-read the log, re-verify it, rebuild the ledger in a shadow schema and diff
   evidence  the content-addressed evidence store: stats, compact, get
   dlq       the dead-letter topic: list, show, replay
+  finops    finops report: ClickHouse COGS against a staged fixture's expected costs, anomalies found
   version   print the version
 
 Every flag can also be set with an environment variable COMPANYOS_<NAME>,
@@ -78,6 +79,15 @@ func run(args []string, stdout, stderr io.Writer) int {
 		return runEvidence(context.Background(), args[1:], stdout, stderr)
 	case "dlq":
 		return runDLQ(context.Background(), args[1:], stdout, stderr)
+	case "finops":
+		if len(args) > 1 && args[1] == "report" {
+			return runFinopsReport(context.Background(), args[2:], stdout, stderr)
+		}
+		fmt.Fprint(stderr, "Usage: companyos finops report --against <expected.json> [--json]\n\nCompares ClickHouse's per-tenant daily COGS with an independently computed expectation (companyos fixture metering) and lists the anomalies found.\n")
+		if len(args) > 1 && (args[1] == "-h" || args[1] == "--help" || args[1] == "help") {
+			return 0
+		}
+		return 2
 	case "version", "--version":
 		fmt.Fprintln(stdout, "companyos", version)
 		return 0
@@ -276,6 +286,8 @@ func runMigrate(args []string, stdout, stderr io.Writer) int {
 	fs := flag.NewFlagSet("companyos migrate", flag.ContinueOnError)
 	fs.SetOutput(stderr)
 	dsn := fs.String("pg-dsn", "postgres://companyos:companyos@127.0.0.1:5432/companyos?sslmode=disable", "Postgres DSN (the database is created when missing)")
+	chAddr := fs.String("clickhouse-addr", "127.0.0.1:9000", `ClickHouse native-protocol address ("" skips the ClickHouse schema)`)
+	chDB := fs.String("clickhouse-database", "companyos", "ClickHouse database (created when missing)")
 	timeout := fs.Duration("timeout", time.Minute, "give up after this long")
 	if err := parse(fs, args); err != nil {
 		if errors.Is(err, flag.ErrHelp) {
@@ -288,7 +300,7 @@ func runMigrate(args []string, stdout, stderr io.Writer) int {
 	defer stop()
 	ctx, cancel := context.WithTimeout(ctx, *timeout)
 	defer cancel()
-	if err := app.Migrate(ctx, *dsn); err != nil {
+	if err := app.Migrate(ctx, *dsn, *chAddr, *chDB); err != nil {
 		fmt.Fprintln(stderr, "companyos migrate:", err)
 		return 1
 	}

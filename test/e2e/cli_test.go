@@ -20,6 +20,22 @@ func TestCLIHelp(t *testing.T) {
 		{[]string{"help"}, "Usage:"},
 		{[]string{"--help"}, "Usage:"},
 		{[]string{"version"}, "companyos "},
+		// Every sub-subcommand answers --help too.
+		{[]string{"fixture", "graph", "--help"}, "--tenant"},
+		{[]string{"fixture", "metering", "--help"}, "Usage: companyos fixture metering"},
+		{[]string{"policy", "test", "--help"}, "policy test"},
+		{[]string{"policy", "coverage", "--help"}, "policy coverage"},
+		{[]string{"policy", "docs", "--help"}, "policy docs"},
+		{[]string{"policy", "simulate", "--help"}, "Usage: companyos policy simulate"},
+		{[]string{"evidence", "stats", "--help"}, "evidence stats"},
+		{[]string{"evidence", "compact", "--help"}, "evidence compact"},
+		{[]string{"evidence", "get", "--help"}, "evidence get"},
+		{[]string{"dlq", "list", "--help"}, "dlq list"},
+		{[]string{"dlq", "show", "--help"}, "dlq show"},
+		{[]string{"dlq", "replay", "--help"}, "dlq replay"},
+		{[]string{"finops", "report", "--help"}, "finops report"},
+		{[]string{"replay", "--help"}, "replay"},
+		{[]string{"migrate", "--help"}, "clickhouse"},
 	} {
 		code, stdout, stderr := runCLI(t, 10*time.Second, tc.args...)
 		out := stdout + stderr
