@@ -94,6 +94,10 @@ func follow(ctx context.Context, cl *kgo.Client, topic string, from, until map[i
 	for p, o := range from {
 		next[p] = o
 	}
+	// suspect partitions came back empty below their stable offset in a
+	// fetch that asked for several: that is what a response-size limit
+	// looks like, so they are re-fetched alone before concluding anything.
+	suspect := map[int32]bool{}
 	for {
 		if err := ctx.Err(); err != nil {
 			return err
@@ -107,8 +111,18 @@ func follow(ctx context.Context, cl *kgo.Client, topic string, from, until map[i
 		req.SessionEpoch = -1  // full fetch, no session
 		rt := kmsg.NewFetchRequestTopic()
 		rt.Topic, rt.TopicID = topic, d.ID
+		alone := int32(-1)
+		for p := range suspect {
+			if alone < 0 || p < alone {
+				alone = p
+			}
+		}
 		for p, o := range next {
 			if until != nil && o >= until[p] {
+				delete(suspect, p)
+				continue
+			}
+			if alone >= 0 && p != alone {
 				continue
 			}
 			rp := kmsg.NewFetchRequestTopicPartition()
@@ -145,9 +159,19 @@ func follow(ctx context.Context, cl *kgo.Client, topic string, from, until map[i
 				// A transaction left open by a crash and aborted without
 				// a marker leaves records below the stable offset that
 				// read-committed never returns: skip to the stable
-				// offset when nothing committed is left below it.
+				// offset when nothing committed is left below it. An
+				// empty answer in a multi-partition fetch may instead be
+				// the response-size limit, so that partition is asked
+				// again on its own first; only a lone empty answer skips.
 				if after < rp.LastStableOffset && len(rp.RecordBatches) == 0 {
-					after = rp.LastStableOffset
+					if len(rt.Partitions) == 1 {
+						after = rp.LastStableOffset
+						delete(suspect, rp.Partition)
+					} else {
+						suspect[rp.Partition] = true
+					}
+				} else {
+					delete(suspect, rp.Partition)
 				}
 				if after < next[rp.Partition] {
 					after = next[rp.Partition]

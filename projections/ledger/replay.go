@@ -6,14 +6,12 @@ import (
 	"crypto/rand"
 	"crypto/sha256"
 	"encoding/hex"
-	"encoding/json"
 	"errors"
 	"fmt"
 	"log/slog"
 	"maps"
 	"slices"
 	"sort"
-	"strings"
 	"sync"
 	"sync/atomic"
 	"time"
@@ -43,8 +41,11 @@ import (
 //     parse and write path (Projector.parseAll and Projector.apply: same
 //     chain rules, Merkle hashes and COPY), and the shadow is diffed against
 //     the live tables in SQL: receipts by a FULL JOIN on id comparing every
-//     column both schemas have (envelope bytes included) with IS DISTINCT
-//     FROM, then tenant heads, Merkle roots and the live checkpoints.
+//     column both schemas have (envelope bytes included) through an
+//     injective SHA-256 row digest with IS DISTINCT FROM, then naming the
+//     differing columns of the listed rows; then tenant heads, every stored
+//     Merkle hash of the rebuilt leaves, Merkle roots and the roots of the
+//     live checkpoints.
 //
 // Verification and the rebuild are deliberately separate: verification is
 // strict about the log (a record whose Kafka key names another tenant than
@@ -67,10 +68,6 @@ import (
 // projector is not a false alarm. Live rows the stored positions say cannot
 // exist yet (an offset at or past the live position, or a partition the live
 // ledger never read) are always in scope and show as extra.
-
-// ReplayReportPayloadType is the DSSE payloadType of a signed replay report
-// (SignReplayReport). The payload is the report's JSON.
-const ReplayReportPayloadType = "application/vnd.companyos.replay-report.v1+json"
 
 // AllPartitions, as a key of Bound.Offsets, applies its offset to every
 // partition without an entry of its own.
@@ -220,6 +217,12 @@ type ReplayReport struct {
 	Selected      int64   `json:"records_selected"` // of them, the ones of Tenant (all when Tenant is "")
 	ReadSeconds   float64 `json:"read_seconds"`     // reading, verifying and rebuilding
 	RecordsPerSec float64 `json:"records_per_sec"`  // Records / ReadSeconds
+	// SkippedOffsets counts offsets in range that hold no committed record:
+	// transaction markers and aborted records (normal with transactional
+	// producers: one marker per transaction). Skips lists the first 20
+	// stretches.
+	SkippedOffsets int64       `json:"skipped_offsets"`
+	Skips          []OffsetGap `json:"skips,omitempty"`
 
 	SignaturesVerified int64 `json:"signatures_verified"`
 	SignatureFailures  int64 `json:"signature_failures"` // bad signature, or signed by no key of the set
@@ -254,6 +257,14 @@ type PartitionRange struct {
 	// started; -1 when it has none for the partition.
 	LiveNext     int64 `json:"live_next"`
 	FromLogStart bool  `json:"from_log_start"`
+}
+
+// OffsetGap is a stretch [From, To) of a partition with no committed
+// record.
+type OffsetGap struct {
+	Partition int32 `json:"partition"`
+	From      int64 `json:"from"`
+	To        int64 `json:"to"`
 }
 
 // ChainAnchor is where a partial replay picked up a tenant's chain: the
@@ -409,7 +420,7 @@ type replayer struct {
 	readStart time.Time
 	read      atomic.Int64
 	total     int64
-	phase     atomic.Value // string
+	skipMu    sync.Mutex // guards rep.SkippedOffsets and rep.Skips (one fetcher per partition)
 }
 
 // replayTenant is the verification state of one tenant's chain.
@@ -418,7 +429,6 @@ type replayTenant struct {
 	chain   events.Chain
 	base    int64      // seq of hashes[0]
 	hashes  [][32]byte // payload SHA-256 of every receipt since the anchor, for duplicates
-	anchor  int64      // seq before the first receipt seen (0: genesis)
 	broken  bool
 }
 
@@ -710,20 +720,18 @@ func (r *replayer) createShadow(ctx context.Context, key ed25519.PrivateKey, log
 var errRangeRead = errors.New("ledger: replay: range read")
 
 // readRange reads every partition from its start to its bound, in a
-// three-stage pipeline: fetching (events.Follow) | parsing and verifying
-// signatures on every core (Projector.parseAll) | checking chains and
-// writing the shadow, one batch at a time, so each partition is consumed
-// strictly in log order while the next batches are fetched and verified.
+// three-stage pipeline: fetching | parsing and verifying signatures on every
+// core (Projector.parseAll) | checking chains and writing the shadow, one
+// batch at a time, so each partition is consumed strictly in log order while
+// the next batches are fetched and verified.
+//
+// Each partition is fetched by its own events.Follow, one partition per
+// fetch request: a request for several partitions can come back with some
+// of them empty once the response size limit is reached, and Follow takes an
+// empty partition below its stable offset for an aborted transaction and
+// skips to that offset. Offsets passed without a committed record
+// (transaction markers, aborted records) are counted in the report.
 func (r *replayer) readRange(ctx context.Context, cl *kgo.Client) error {
-	from := map[int32]int64{}
-	for _, pr := range r.ranges {
-		if pr.From < pr.To {
-			from[pr.Partition] = pr.From
-		}
-	}
-	if len(from) == 0 {
-		return nil
-	}
 	type job struct {
 		part int32
 		recs []*kgo.Record
@@ -759,52 +767,85 @@ func (r *replayer) readRange(ctx context.Context, cl *kgo.Client) error {
 			}
 		}
 	}()
-	remaining := len(from)
-	err := events.Follow(fctx, cl, events.TopicEvents, maps.Clone(from), r.cfg.MaxWait, func(b events.Batch) error {
-		until := r.until[b.Partition]
-		recs := b.Records
-		if len(recs) > 0 && recs[0].Offset >= until {
-			return nil // this partition is done; others are still read
+
+	var (
+		mu   sync.Mutex
+		ferr error
+		wg   sync.WaitGroup
+	)
+	for _, pr := range r.ranges {
+		if pr.From >= pr.To {
+			continue
 		}
-		recs = recs[:sort.Search(len(recs), func(i int) bool { return recs[i].Offset >= until })]
-		r.read.Add(int64(len(recs)))
-		if r.cfg.Tenant != "" {
-			sel := make([]*kgo.Record, 0, len(recs))
-			for _, rec := range recs {
-				if string(rec.Key) == r.cfg.Tenant {
-					sel = append(sel, rec)
+		wg.Add(1)
+		go func() {
+			defer wg.Done()
+			part, until, pos := pr.Partition, pr.To, pr.From
+			err := events.Follow(fctx, cl, events.TopicEvents, map[int32]int64{part: pos}, r.cfg.MaxWait, func(b events.Batch) error {
+				recs := b.Records
+				recs = recs[:sort.Search(len(recs), func(i int) bool { return recs[i].Offset >= until })]
+				next := min(b.Next, until)
+				// Offsets passed without a committed record.
+				at := pos
+				for _, rec := range recs {
+					r.skip(part, at, rec.Offset)
+					at = rec.Offset + 1
 				}
+				r.skip(part, at, next)
+				pos = max(pos, next)
+				r.read.Add(int64(len(recs)))
+				if r.cfg.Tenant != "" {
+					sel := make([]*kgo.Record, 0, len(recs))
+					for _, rec := range recs {
+						if string(rec.Key) == r.cfg.Tenant {
+							sel = append(sel, rec)
+						}
+					}
+					recs = sel
+				}
+				if len(recs) > 0 {
+					select {
+					case fetched <- job{part: part, recs: recs, next: next}:
+					case <-fctx.Done():
+						return fctx.Err()
+					}
+				}
+				if pos >= until {
+					return errRangeRead
+				}
+				return nil
+			})
+			if err != nil && !errors.Is(err, errRangeRead) {
+				mu.Lock()
+				if ferr == nil {
+					ferr = fmt.Errorf("ledger: replay: read %s/%d: %w", events.TopicEvents, part, err)
+				}
+				mu.Unlock()
+				stop()
 			}
-			recs = sel
-		}
-		next := min(b.Next, until)
-		if len(recs) > 0 {
-			select {
-			case fetched <- job{part: b.Partition, recs: recs, next: next}:
-			case <-fctx.Done():
-				return fctx.Err()
-			}
-		}
-		if next >= until && from[b.Partition] < until {
-			from[b.Partition] = until // count each partition once
-			if remaining--; remaining == 0 {
-				return errRangeRead
-			}
-		}
-		return nil
-	})
+		}()
+	}
+	wg.Wait()
 	close(fetched)
 	<-done
 	if werr != nil {
 		return werr
 	}
-	if errors.Is(err, errRangeRead) {
-		return nil
+	return ferr
+}
+
+// skip records offsets [from, to) of partition passed without a committed
+// record.
+func (r *replayer) skip(part int32, from, to int64) {
+	if to <= from {
+		return
 	}
-	if err != nil {
-		return fmt.Errorf("ledger: replay: read %s: %w", events.TopicEvents, err)
+	r.skipMu.Lock()
+	defer r.skipMu.Unlock()
+	r.rep.SkippedOffsets += to - from
+	if len(r.rep.Skips) < 20 {
+		r.rep.Skips = append(r.rep.Skips, OffsetGap{Partition: part, From: from, To: to})
 	}
-	return nil
 }
 
 // consume checks one fetched batch's chains, then writes it to the shadow.
@@ -872,18 +913,16 @@ func (r *replayer) check(ctx context.Context, part int32, x *parsed) error {
 		t.chain = events.NewChain()
 		if r.partial[part] && seq > 1 {
 			t.chain = events.Chain{Seq: uint64(seq - 1), Head: x.r.PrevHash}
-			t.anchor = seq - 1
 			r.rep.Anchors = append(r.rep.Anchors, ChainAnchor{Tenant: tenant, Seq: seq - 1, PrevHash: x.r.PrevHash, Partition: part, Offset: x.rec.Offset})
 		}
 		t.base = int64(t.chain.Seq) + 1
 	}
-	sum := sha256.Sum256(x.payload)
 	if seq <= int64(t.chain.Seq) {
 		// A redelivery (identical bytes) or a fork.
 		var same bool
 		var known string
 		if seq >= t.base {
-			same = t.hashes[seq-t.base] == sum
+			same = t.hashes[seq-t.base] == sha256.Sum256(x.payload)
 			known = "sha256:" + hex.EncodeToString(t.hashes[seq-t.base][:])
 		} else {
 			// Before the anchor of a partial range: only the live
@@ -908,6 +947,12 @@ func (r *replayer) check(ctx context.Context, part int32, x *parsed) error {
 	if err := t.chain.Append(events.Receipt{Tenant: tenant, Seq: uint64(seq), PrevHash: x.r.PrevHash}, x.payload); err != nil {
 		r.breakLink(t, tenant, x, BrokenChain, err.Error())
 		return nil
+	}
+	// The new head is "sha256:" + hex of the payload's digest: keep its 32
+	// bytes (decoding 64 hex digits is cheaper than hashing the payload again).
+	var sum [32]byte
+	if _, err := hex.Decode(sum[:], []byte(t.chain.Head[len("sha256:"):])); err != nil {
+		return fmt.Errorf("ledger: replay: chain head %q: %w", t.chain.Head, err)
 	}
 	t.hashes = append(t.hashes, sum)
 	r.rep.LinksVerified++
@@ -1035,18 +1080,7 @@ func frontier(n int64) []int64 {
 	return out
 }
 
-// treeHashIndexes returns the stored-hash indexes tlog.TreeHash(n) reads.
-func treeHashIndexes(n int64) []int64 {
-	var idx []int64
-	_, _ = tlog.TreeHash(n, tlog.HashReaderFunc(func(ix []int64) ([]tlog.Hash, error) {
-		idx = append(idx, ix...)
-		return make([]tlog.Hash, len(ix)), nil
-	}))
-	return idx
-}
-
 func (r *replayer) progress(phase string) {
-	r.phase.Store(phase)
 	if r.cfg.Progress == nil {
 		return
 	}
@@ -1085,613 +1119,4 @@ func (r *replayer) startProgress() (stop func()) {
 		}
 	}()
 	return func() { close(done); wg.Wait() }
-}
-
-// diff compares the shadow with the live ledger inside one repeatable-read
-// snapshot of the live tables.
-func (r *replayer) diff(ctx context.Context) error {
-	d := r.rep.Diff
-	if d == nil {
-		d = &ReplayDiff{}
-		r.rep.Diff = d
-	}
-	d.Shadow, d.Kept, d.Live = r.shadow, r.cfg.KeepShadow, r.live
-	if _, err := r.spool.Exec(ctx, "ANALYZE receipts; ANALYZE tenant_heads"); err != nil {
-		return fmt.Errorf("ledger: replay: analyze shadow: %w", err)
-	}
-	tx, err := r.cfg.Pool.BeginTx(ctx, pgx.TxOptions{IsoLevel: pgx.RepeatableRead, AccessMode: pgx.ReadOnly})
-	if err != nil {
-		return fmt.Errorf("ledger: replay: diff: %w", err)
-	}
-	defer tx.Rollback(context.WithoutCancel(ctx)) //nolint:errcheck // read-only
-	// The FULL JOIN hashes one side; give it room instead of spilling
-	// batches to disk.
-	if _, err := tx.Exec(ctx, "SET LOCAL work_mem = '256MB'"); err != nil {
-		return fmt.Errorf("ledger: replay: diff: %w", err)
-	}
-	step := time.Now()
-	if err := r.diffReceipts(ctx, tx, d); err != nil {
-		return err
-	}
-	r.cfg.Logger.Debug("ledger: replay: receipts diffed", "rows", d.Compared, "took", time.Since(step))
-	step = time.Now()
-	err = r.diffHeads(ctx, tx, d)
-	r.cfg.Logger.Debug("ledger: replay: heads, trees and checkpoints diffed", "took", time.Since(step))
-	return err
-}
-
-// diffReceipts FULL JOINs the live receipts in scope with the shadow's on
-// id. Rows are compared through a digest of every column both schemas have:
-// SHA-256 over each value's length-prefixed bytes (bytea as is, others as
-// their text form, NULL as length -1), an injective encoding, so two rows
-// get the same digest exactly when every column is equal. Hashing narrow
-// (id, digest) pairs instead of whole rows keeps the join in memory for
-// millions of receipts (a receipt row is ~1.5 kB with its envelope). The
-// columns that differ are then named, with IS DISTINCT FROM, for the rows
-// listed.
-func (r *replayer) diffReceipts(ctx context.Context, tx pgx.Tx, d *ReplayDiff) error {
-	cols, err := r.compareColumns(ctx, tx, d)
-	if err != nil {
-		return err
-	}
-	var parts []int32
-	var los, his []int64
-	for _, pr := range r.ranges {
-		parts, los, his = append(parts, pr.Partition), append(los, pr.From), append(his, pr.DiffTo)
-	}
-	q := diffSQL(cols, r.liveTable("receipts"), r.shadowTable("receipts"), r.liveTable("ledger_positions"))
-	rows, err := tx.Query(ctx, q, parts, los, his, events.TopicEvents, r.cfg.Tenant)
-	if err != nil {
-		return fmt.Errorf("ledger: replay: diff receipts: %w", err)
-	}
-	defer rows.Close()
-	for rows.Next() {
-		var id, tenant, kind *string
-		var seq, off *int64
-		var part *int32
-		if err := rows.Scan(&id, &tenant, &seq, &part, &off, &kind, &d.Compared, &d.LiveRows); err != nil {
-			return fmt.Errorf("ledger: replay: diff receipts: %w", err)
-		}
-		if id == nil {
-			continue // the counts row
-		}
-		rd := RowDiff{ID: *id, Tenant: *tenant, Seq: *seq, Partition: *part, Offset: *off}
-		switch *kind {
-		case "missing":
-			if d.Missing++; len(d.MissingRows) < r.cfg.MaxListed {
-				d.MissingRows = append(d.MissingRows, rd)
-			}
-		case "extra":
-			if d.Extra++; len(d.ExtraRows) < r.cfg.MaxListed {
-				d.ExtraRows = append(d.ExtraRows, rd)
-			}
-		default:
-			if d.Altered++; len(d.AlteredRows) < r.cfg.MaxListed {
-				d.AlteredRows = append(d.AlteredRows, rd)
-			}
-		}
-	}
-	if err := rows.Err(); err != nil {
-		return fmt.Errorf("ledger: replay: diff receipts: %w", err)
-	}
-	rows.Close()
-	return r.alteredColumns(ctx, tx, cols, d.AlteredRows)
-}
-
-// diffSQL is the receipts diff query over the given (sanitized) tables;
-// $1..$3 are the diffed offset ranges per partition, $4 the topic, $5 the
-// tenant ("" for all).
-func diffSQL(cols []diffColumn, live, shadow, positions string) string {
-	digest := func(alias string) string {
-		if len(cols) == 0 {
-			return "NULL::bytea"
-		}
-		var parts []string
-		for _, c := range cols {
-			v := alias + "." + pgx.Identifier{c.name}.Sanitize()
-			if c.bytea {
-				parts = append(parts, fmt.Sprintf(`coalesce(int4send(octet_length(%s)) || %s, '\xffffffff'::bytea)`, v, v))
-			} else {
-				parts = append(parts, fmt.Sprintf(`coalesce(int4send(octet_length(convert_to(%s::text, 'UTF8'))) || convert_to(%s::text, 'UTF8'), '\xffffffff'::bytea)`, v, v))
-			}
-		}
-		return "sha256(" + strings.Join(parts, " || ") + ")"
-	}
-	// Live rows in scope: in a diffed offset range; or at a seq the shadow
-	// rebuilt; or where the live positions say no row can be yet (at or
-	// past the position, or a partition never read).
-	q := `WITH rng(p, lo, hi) AS MATERIALIZED (SELECT * FROM unnest($1::int[], $2::bigint[], $3::bigint[])),
-		pos AS MATERIALIZED (SELECT partition AS p, next_offset FROM ` + positions + ` WHERE topic = $4),
-		seqs AS MATERIALIZED (SELECT tenant, min(seq) AS lo, max(seq) AS hi FROM ` + shadow + ` GROUP BY tenant),
-		l AS MATERIALIZED (SELECT r.id, r.tenant, r.seq, r.kafka_partition, r.kafka_offset, ` + digest("r") + ` AS h
-			FROM ` + live + ` r
-			LEFT JOIN rng ON rng.p = r.kafka_partition
-			LEFT JOIN seqs ON seqs.tenant = r.tenant
-			LEFT JOIN pos ON pos.p = r.kafka_partition
-			WHERE ($5 = '' OR r.tenant = $5) AND ((r.kafka_offset >= rng.lo AND r.kafka_offset < rng.hi)
-				OR (r.seq BETWEEN seqs.lo AND seqs.hi) OR pos.p IS NULL OR r.kafka_offset >= pos.next_offset)),
-		s AS MATERIALIZED (SELECT r.id, r.tenant, r.seq, r.kafka_partition, r.kafka_offset, ` + digest("r") + ` AS h
-			FROM ` + shadow + ` r)
-		SELECT coalesce(l.id, s.id), coalesce(l.tenant, s.tenant), coalesce(l.seq, s.seq),
-			coalesce(l.kafka_partition, s.kafka_partition), coalesce(l.kafka_offset, s.kafka_offset),
-			CASE WHEN l.id IS NULL THEN 'missing' WHEN s.id IS NULL THEN 'extra' ELSE 'altered' END,
-			(SELECT count(*) FROM s), (SELECT count(*) FROM l)
-		FROM l FULL JOIN s ON l.id = s.id
-		WHERE l.h IS DISTINCT FROM s.h
-		UNION ALL SELECT NULL, NULL, NULL, NULL, NULL, NULL, (SELECT count(*) FROM s), (SELECT count(*) FROM l)
-		ORDER BY 4, 5, 1`
-	return q
-}
-
-// alteredColumns names the columns that differ in each listed altered row,
-// with both values as text (cut at 120 characters; bytea as \x hex).
-func (r *replayer) alteredColumns(ctx context.Context, tx pgx.Tx, cols []diffColumn, alt []RowDiff) error {
-	if len(alt) == 0 {
-		return nil
-	}
-	var changes []string
-	for _, c := range cols {
-		q := pgx.Identifier{c.name}.Sanitize()
-		changes = append(changes, fmt.Sprintf("%s, CASE WHEN l.%s IS DISTINCT FROM s.%s THEN jsonb_build_array(left(l.%s::text, 120), left(s.%s::text, 120)) END",
-			quoteLiteral(c.name), q, q, q, q))
-	}
-	// jsonb_build_object takes at most 100 arguments: 50 columns per call.
-	var objs []string
-	for len(changes) > 0 {
-		n := min(len(changes), 50)
-		objs = append(objs, "jsonb_build_object("+strings.Join(changes[:n], ", ")+")")
-		changes = changes[n:]
-	}
-	if len(objs) == 0 {
-		objs = []string{"'{}'::jsonb"}
-	}
-	ids := make([]string, len(alt))
-	for i, a := range alt {
-		ids[i] = a.ID
-	}
-	rows, err := tx.Query(ctx, `SELECT l.id, jsonb_strip_nulls(`+strings.Join(objs, " || ")+`)
-		FROM `+r.liveTable("receipts")+` l JOIN `+r.shadowTable("receipts")+` s ON s.id = l.id WHERE l.id = ANY($1)`, ids)
-	if err != nil {
-		return fmt.Errorf("ledger: replay: altered columns: %w", err)
-	}
-	defer rows.Close()
-	byID := map[string]map[string][2]*string{}
-	for rows.Next() {
-		var id string
-		var ch map[string][2]*string
-		if err := rows.Scan(&id, &ch); err != nil {
-			return fmt.Errorf("ledger: replay: altered columns: %w", err)
-		}
-		byID[id] = ch
-	}
-	if err := rows.Err(); err != nil {
-		return fmt.Errorf("ledger: replay: altered columns: %w", err)
-	}
-	for i := range alt {
-		alt[i].Changes = byID[alt[i].ID]
-		for _, c := range cols {
-			if _, ok := alt[i].Changes[c.name]; ok {
-				alt[i].Columns = append(alt[i].Columns, c.name)
-			}
-		}
-	}
-	return nil
-}
-
-func quoteLiteral(s string) string { return "'" + strings.ReplaceAll(s, "'", "''") + "'" }
-
-type diffColumn struct {
-	name  string
-	bytea bool
-}
-
-// compareColumns returns the receipts columns both schemas have (id
-// excluded, live order), and records the ones only one has, or whose types
-// differ (those are compared through their text form).
-func (r *replayer) compareColumns(ctx context.Context, tx pgx.Tx, d *ReplayDiff) ([]diffColumn, error) {
-	rows, err := tx.Query(ctx, `SELECT table_schema, column_name, data_type FROM information_schema.columns
-		WHERE table_name = 'receipts' AND table_schema = ANY($1) ORDER BY ordinal_position`, []string{r.live, r.shadow})
-	if err != nil {
-		return nil, fmt.Errorf("ledger: replay: receipts columns: %w", err)
-	}
-	type col struct{ name, typ string }
-	var live []col
-	shadow := map[string]string{}
-	for rows.Next() {
-		var s string
-		var c col
-		if err := rows.Scan(&s, &c.name, &c.typ); err != nil {
-			rows.Close()
-			return nil, fmt.Errorf("ledger: replay: receipts columns: %w", err)
-		}
-		if s == r.live {
-			live = append(live, c)
-		} else {
-			shadow[c.name] = c.typ
-		}
-	}
-	rows.Close()
-	if err := rows.Err(); err != nil {
-		return nil, fmt.Errorf("ledger: replay: receipts columns: %w", err)
-	}
-	var both []diffColumn
-	for _, c := range live {
-		st, ok := shadow[c.name]
-		if !ok {
-			d.Columns = append(d.Columns, "live only: "+c.name)
-			continue
-		}
-		delete(shadow, c.name)
-		if st != c.typ {
-			d.Columns = append(d.Columns, fmt.Sprintf("%s: live type %s, replay type %s", c.name, c.typ, st))
-		}
-		if c.name != "id" {
-			both = append(both, diffColumn{name: c.name, bytea: c.typ == "bytea" && st == "bytea"})
-		}
-	}
-	for _, c := range slices.Sorted(maps.Keys(shadow)) {
-		d.Columns = append(d.Columns, "replay only: "+c)
-	}
-	return both, nil
-}
-
-type headRow struct {
-	seq    int64
-	hash   string
-	size   int64
-	status string
-	reason string
-}
-
-func readHeads(ctx context.Context, q querier, table, tenant string) (map[string]headRow, error) {
-	rows, err := q.Query(ctx, "SELECT tenant, seq, head_hash, tree_size, status, COALESCE(broken_reason, '') FROM "+table+
-		" WHERE $1 = '' OR tenant = $1", tenant)
-	if err != nil {
-		return nil, err
-	}
-	defer rows.Close()
-	out := map[string]headRow{}
-	for rows.Next() {
-		var t string
-		var h headRow
-		if err := rows.Scan(&t, &h.seq, &h.hash, &h.size, &h.status, &h.reason); err != nil {
-			return nil, err
-		}
-		out[t] = h
-	}
-	return out, rows.Err()
-}
-
-// brokenAt parses the "partition P offset O: …" prefix of a broken_reason
-// the projector wrote.
-func brokenAt(reason string) (part int32, off int64, ok bool) {
-	_, err := fmt.Sscanf(reason, "partition %d offset %d:", &part, &off)
-	return part, off, err == nil
-}
-
-// diffHeads compares tenant heads, Merkle roots, chain anchors and
-// checkpoints.
-func (r *replayer) diffHeads(ctx context.Context, tx pgx.Tx, d *ReplayDiff) error {
-	add := func(t, what, live, replay string) {
-		d.Heads = append(d.Heads, HeadDiff{Tenant: t, What: what, Live: live, Replay: replay})
-	}
-	shadow, err := readHeads(ctx, r.spool, r.shadowTable("tenant_heads"), r.cfg.Tenant)
-	if err != nil {
-		return fmt.Errorf("ledger: replay: shadow heads: %w", err)
-	}
-	live, err := readHeads(ctx, tx, r.liveTable("tenant_heads"), r.cfg.Tenant)
-	if err != nil {
-		return fmt.Errorf("ledger: replay: live heads: %w", err)
-	}
-	for _, t := range slices.Sorted(maps.Keys(r.shadowSkip)) {
-		add(t, "anchor", "", r.shadowSkip[t])
-	}
-	// Anchors: the receipt before the first one seen must be the live
-	// ledger's.
-	for _, a := range r.rep.Anchors {
-		lh, err := r.liveHashTx(ctx, tx, a.Tenant, a.Seq)
-		if err != nil {
-			return err
-		}
-		if lh != a.PrevHash {
-			add(a.Tenant, "anchor", fmt.Sprintf("seq %d payload_hash %s", a.Seq, orNone(lh)), fmt.Sprintf("seq %d prev_hash %s", a.Seq+1, a.PrevHash))
-		}
-	}
-	var mt []string
-	var mlo, mhi []int64
-	for _, t := range slices.Sorted(maps.Keys(shadow)) {
-		if _, skip := r.shadowSkip[t]; skip {
-			continue
-		}
-		s := shadow[t]
-		l, ok := live[t]
-		if !ok {
-			add(t, "head", "none", fmt.Sprintf("seq %d status %s", s.seq, s.status))
-			continue
-		}
-		if a := r.shadowAnchor[t]; min(s.size, l.size) > a {
-			mt = append(mt, t)
-			mlo, mhi = append(mlo, tlog.StoredHashIndex(0, a)), append(mhi, tlog.StoredHashIndex(0, min(s.size, l.size)))
-		}
-		switch {
-		case s.status == "broken" && (l.status != "broken" || l.reason != s.reason):
-			add(t, "status", l.status+" "+l.reason, s.status+" "+s.reason)
-		case s.status != "broken" && l.status == "broken":
-			// Broken later than the diffed range is not a difference.
-			if p, o, ok := brokenAt(l.reason); !ok || o < r.diffTo[p] {
-				add(t, "status", l.status+" "+l.reason, s.status)
-			}
-		}
-		if l.size < s.size {
-			add(t, "tree_size", fmt.Sprint(l.size), fmt.Sprint(s.size))
-			continue
-		}
-		if l.seq == s.seq && l.hash != s.hash {
-			add(t, "head", l.hash, s.hash)
-		}
-		if err := r.diffTree(ctx, tx, t, s.size, d, add); err != nil {
-			return err
-		}
-	}
-	step := time.Now()
-	if err := r.diffMerkle(ctx, tx, d, mt, mlo, mhi); err != nil {
-		return err
-	}
-	r.cfg.Logger.Debug("ledger: replay: stored Merkle hashes diffed", "hashes", d.MerkleCompared, "took", time.Since(step))
-	// After a replay of every partition from its log start, a live tenant
-	// the log does not have is extra, unless its receipts lie past the
-	// diffed range (projected since the replay started, or past --to).
-	if !r.rep.Partial {
-		var parts []int32
-		var his []int64
-		for _, pr := range r.ranges {
-			parts, his = append(parts, pr.Partition), append(his, pr.DiffTo)
-		}
-		for _, t := range slices.Sorted(maps.Keys(live)) {
-			if _, ok := shadow[t]; ok {
-				continue
-			}
-			var later bool
-			if err := tx.QueryRow(ctx, `SELECT EXISTS (SELECT 1 FROM `+r.liveTable("receipts")+` r
-				JOIN unnest($2::int[], $3::bigint[]) AS rng(p, hi) ON rng.p = r.kafka_partition
-				WHERE r.tenant = $1 AND r.kafka_offset >= rng.hi)`, t, parts, his).Scan(&later); err != nil {
-				return fmt.Errorf("ledger: replay: live receipts of %s: %w", t, err)
-			}
-			if !later {
-				add(t, "head", fmt.Sprintf("seq %d status %s", live[t].seq, live[t].status), "none")
-			}
-		}
-	}
-	return nil
-}
-
-// diffMerkle compares the stored hashes of the rebuilt leaves, [lo, hi) of
-// each tenant: tlog stores the nodes a leaf completes right after the leaf,
-// so leaves [a, b) own exactly the indexes [StoredHashIndex(0, a),
-// StoredHashIndex(0, b)). Roots cover only the nodes on their path; proofs
-// read the others.
-func (r *replayer) diffMerkle(ctx context.Context, tx pgx.Tx, d *ReplayDiff, tenants []string, lo, hi []int64) error {
-	if len(tenants) == 0 {
-		return nil
-	}
-	q := `WITH rng(tenant, lo, hi) AS (SELECT * FROM unnest($1::text[], $2::bigint[], $3::bigint[])),
-		l AS (SELECT m.tenant, m.idx, m.hash FROM ` + r.liveTable("merkle_hashes") + ` m JOIN rng ON m.tenant = rng.tenant AND m.idx >= rng.lo AND m.idx < rng.hi),
-		s AS (SELECT m.tenant, m.idx, m.hash FROM ` + r.shadowTable("merkle_hashes") + ` m JOIN rng ON m.tenant = rng.tenant AND m.idx >= rng.lo AND m.idx < rng.hi)
-		SELECT coalesce(l.tenant, s.tenant), coalesce(l.idx, s.idx), l.hash, s.hash, (SELECT count(*) FROM s)
-		FROM l FULL JOIN s ON l.tenant = s.tenant AND l.idx = s.idx
-		WHERE l.hash IS DISTINCT FROM s.hash
-		UNION ALL SELECT '', -1, NULL, NULL, (SELECT count(*) FROM s)
-		ORDER BY 1, 2`
-	rows, err := tx.Query(ctx, q, tenants, lo, hi)
-	if err != nil {
-		return fmt.Errorf("ledger: replay: diff Merkle hashes: %w", err)
-	}
-	defer rows.Close()
-	for rows.Next() {
-		var t string
-		var idx, n int64
-		var lh, sh []byte
-		if err := rows.Scan(&t, &idx, &lh, &sh, &n); err != nil {
-			return fmt.Errorf("ledger: replay: diff Merkle hashes: %w", err)
-		}
-		d.MerkleCompared = n
-		if idx < 0 {
-			continue
-		}
-		if d.MerkleDiffs++; d.MerkleDiffs <= int64(r.cfg.MaxListed) {
-			d.Heads = append(d.Heads, HeadDiff{Tenant: t, What: fmt.Sprintf("merkle_hash %d", idx), Live: hexOrNone(lh), Replay: hexOrNone(sh)})
-		}
-	}
-	if err := rows.Err(); err != nil {
-		return fmt.Errorf("ledger: replay: diff Merkle hashes: %w", err)
-	}
-	return nil
-}
-
-func hexOrNone(b []byte) string {
-	if b == nil {
-		return "none"
-	}
-	return hex.EncodeToString(b)
-}
-
-func orNone(s string) string {
-	if s == "" {
-		return "none"
-	}
-	return s
-}
-
-func (r *replayer) liveHashTx(ctx context.Context, tx pgx.Tx, tenant string, seq int64) (string, error) {
-	var h string
-	err := tx.QueryRow(ctx, "SELECT payload_hash FROM "+r.liveTable("receipts")+" WHERE tenant = $1 AND seq = $2", tenant, seq).Scan(&h)
-	if errors.Is(err, pgx.ErrNoRows) {
-		return "", nil
-	}
-	if err != nil {
-		return "", fmt.Errorf("ledger: replay: live receipt %s seq %d: %w", tenant, seq, err)
-	}
-	return h, nil
-}
-
-// diffTree compares the roots of tenant's shadow and live trees at the
-// shadow's size, and the roots of the live checkpoints the shadow covers
-// (sizes after the anchor, newest first, capped).
-func (r *replayer) diffTree(ctx context.Context, tx pgx.Tx, tenant string, size int64, d *ReplayDiff, add func(t, what, live, replay string)) error {
-	anchor := r.shadowAnchor[tenant]
-	if size <= anchor {
-		return nil
-	}
-	type cp struct {
-		size int64
-		root []byte
-		note string
-	}
-	rows, err := tx.Query(ctx, "SELECT tree_size, root_hash, note FROM "+r.liveTable("checkpoints")+
-		" WHERE tenant = $1 AND tree_size > $2 AND tree_size <= $3 ORDER BY tree_size DESC", tenant, anchor, size)
-	if err != nil {
-		return fmt.Errorf("ledger: replay: live checkpoints of %s: %w", tenant, err)
-	}
-	var cps []cp
-	for rows.Next() {
-		var c cp
-		if err := rows.Scan(&c.size, &c.root, &c.note); err != nil {
-			rows.Close()
-			return fmt.Errorf("ledger: replay: live checkpoints of %s: %w", tenant, err)
-		}
-		if len(cps) < maxCheckpointsPerTenant {
-			cps = append(cps, c)
-		} else {
-			d.CheckpointsSkipped++
-		}
-	}
-	rows.Close()
-	if err := rows.Err(); err != nil {
-		return fmt.Errorf("ledger: replay: live checkpoints of %s: %w", tenant, err)
-	}
-	need := map[int64]bool{}
-	for _, i := range treeHashIndexes(size) {
-		need[i] = true
-	}
-	for _, c := range cps {
-		for _, i := range treeHashIndexes(c.size) {
-			need[i] = true
-		}
-	}
-	idx := slices.Sorted(maps.Keys(need))
-	sh, err := readHashes(ctx, r.spool, tenant, idx)
-	if err != nil {
-		return fmt.Errorf("ledger: replay: shadow Merkle hashes of %s: %w", tenant, err)
-	}
-	lh, err := readHashes(ctx, tx, tenant, treeHashIndexes(size))
-	if err != nil {
-		return fmt.Errorf("ledger: replay: live Merkle hashes of %s: %w", tenant, err)
-	}
-	root := func(m map[int64]tlog.Hash, n int64) (tlog.Hash, error) {
-		return tlog.TreeHash(n, tlog.HashReaderFunc(func(ix []int64) ([]tlog.Hash, error) {
-			out := make([]tlog.Hash, len(ix))
-			for i, x := range ix {
-				h, ok := m[x]
-				if !ok {
-					return nil, fmt.Errorf("stored hash %d missing", x)
-				}
-				out[i] = h
-			}
-			return out, nil
-		}))
-	}
-	sroot, err := root(sh, size)
-	if err != nil {
-		return fmt.Errorf("ledger: replay: shadow root of %s at %d: %w", tenant, size, err)
-	}
-	d.RootsCompared++
-	if lroot, err := root(lh, size); err != nil {
-		add(tenant, "root", fmt.Sprintf("size %d: %v", size, err), fmt.Sprintf("size %d: %s", size, sroot))
-	} else if lroot != sroot {
-		add(tenant, "root", fmt.Sprintf("size %d: %s", size, lroot), fmt.Sprintf("size %d: %s", size, sroot))
-	}
-	var verifiers note.Verifiers
-	if r.cfg.CheckpointVerifier != "" {
-		v, err := note.NewVerifier(r.cfg.CheckpointVerifier)
-		if err != nil {
-			return fmt.Errorf("ledger: replay: checkpoint verifier: %w", err)
-		}
-		verifiers = note.VerifierList(v)
-	}
-	for _, c := range cps {
-		d.CheckpointsChecked++
-		want, err := root(sh, c.size)
-		if err != nil {
-			return fmt.Errorf("ledger: replay: shadow root of %s at %d: %w", tenant, c.size, err)
-		}
-		what := fmt.Sprintf("checkpoint %d", c.size)
-		if len(c.root) != tlog.HashSize || tlog.Hash(c.root) != want {
-			add(tenant, what, fmt.Sprintf("root_hash %x", c.root), "root "+want.String())
-			continue
-		}
-		text := c.note
-		if verifiers != nil {
-			n, err := note.Open([]byte(c.note), verifiers)
-			if err != nil {
-				add(tenant, what, "note signature: "+err.Error(), "a note signed by "+r.cfg.CheckpointVerifier)
-				continue
-			}
-			text = n.Text
-		} else if i := strings.Index(text, "\n\n"); i >= 0 {
-			text = text[:i+1]
-		}
-		nt, ns, nr, err := ParseCheckpointText(text)
-		if err != nil || nt != tenant || ns != c.size || nr != want {
-			add(tenant, what, fmt.Sprintf("note %q", text), CheckpointText(tenant, c.size, want))
-		}
-	}
-	return nil
-}
-
-// SignReplayReport encodes rep as JSON and wraps it in a DSSE envelope
-// (payloadType ReplayReportPayloadType) signed with key — the ledger's
-// checkpoint key, so that auditors need one public key for both. The key id
-// is keyfile.KeyID of its public key.
-func SignReplayReport(rep *ReplayReport, key ed25519.PrivateKey) ([]byte, error) {
-	payload, err := json.Marshal(rep)
-	if err != nil {
-		return nil, fmt.Errorf("ledger: replay: encode report: %w", err)
-	}
-	pub := key.Public().(ed25519.PublicKey)
-	env := events.Envelope{PayloadType: ReplayReportPayloadType, Payload: payload, Signatures: []events.Signature{{
-		KeyID: keyfile.KeyID(pub), Sig: ed25519.Sign(key, events.PAE(ReplayReportPayloadType, payload)),
-	}}}
-	b, err := json.MarshalIndent(env, "", "  ")
-	if err != nil {
-		return nil, fmt.Errorf("ledger: replay: encode report envelope: %w", err)
-	}
-	return append(b, '\n'), nil
-}
-
-// OpenReplayReport verifies a signed replay report against pub and decodes
-// it.
-func OpenReplayReport(b []byte, pub ed25519.PublicKey) (*ReplayReport, error) {
-	var env events.Envelope
-	if err := json.Unmarshal(b, &env); err != nil {
-		return nil, fmt.Errorf("ledger: replay: report envelope: %w: %v", events.ErrBadEnvelope, err)
-	}
-	if env.PayloadType != ReplayReportPayloadType {
-		return nil, fmt.Errorf("ledger: replay: report envelope: %w: payloadType %q", events.ErrBadEnvelope, env.PayloadType)
-	}
-	id := keyfile.KeyID(pub)
-	msg := events.PAE(env.PayloadType, env.Payload)
-	for _, s := range env.Signatures {
-		if s.KeyID != id {
-			continue
-		}
-		if !ed25519.Verify(pub, msg, s.Sig) {
-			return nil, fmt.Errorf("ledger: replay: report: %w: keyid %s", events.ErrBadSignature, id)
-		}
-		var rep ReplayReport
-		if err := json.Unmarshal(env.Payload, &rep); err != nil {
-			return nil, fmt.Errorf("ledger: replay: report payload: %w", err)
-		}
-		return &rep, nil
-	}
-	return nil, fmt.Errorf("ledger: replay: report: %w: want keyid %s", events.ErrUnknownKey, id)
 }
