@@ -159,6 +159,23 @@ func TestDualControlDeleteWithPurgeManifest(t *testing.T) {
 	if has, err := ev.Has(context.Background(), manifest.EvidenceHash); err != nil || !has {
 		t.Fatalf("manifest evidence %s missing: %v", manifest.EvidenceHash, err)
 	}
+	// The audit replay proves the erasure lineage: request → approvals →
+	// manifest → shredded keys, every receipt verifying.
+	rep, err := ledger.Replay(context.Background(), ledger.ReplayConfig{Brokers: []string{s.kafkaAddr}, Pool: pool, Keys: s.receiptKeys(), Tenant: "pilot-1"})
+	if err != nil {
+		t.Fatal(err)
+	}
+	if len(rep.Erasures) != 1 {
+		t.Fatalf("replay erasures %+v", rep.Erasures)
+	}
+	e := rep.Erasures[0]
+	if !e.Complete || e.Subject != "dataset:prod" || e.Request.Actor != "user:alice" || len(e.Approvals) != 3 ||
+		e.Approvals[2].Actor != "user:carol" || len(e.ShreddedKeys) != 1 || !e.ShreddedKeys[0].Destroyed || !e.Manifest.Verified {
+		t.Fatalf("erasure lineage %+v", e)
+	}
+	if !rep.Verified() {
+		t.Fatalf("replay found broken receipts: %+v", rep.FirstBroken)
+	}
 	// The graph no longer has the dataset.
 	g := s.graphQuery(s.admin, map[string]any{"tenant": "pilot-1", "query": "neighbors('dataset:prod', 1)", "consistency": ok.body["consistency"]})
 	if strings.Contains(string(g.raw), "dpo@example.com") {

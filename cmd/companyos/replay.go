@@ -383,6 +383,21 @@ func printReplaySummary(w io.Writer, rep *ledger.ReplayReport) {
 			fmt.Fprintf(w, "  broken  tenant %s seq %d at partition %d offset %d (%s): %s\n", o.Tenant, o.Seq, o.Partition, o.Offset, o.Kind, o.Reason)
 		}
 	}
+	for _, e := range rep.Erasures {
+		state := "complete"
+		if !e.Complete {
+			state = "INCOMPLETE: " + strings.Join(e.Problems, "; ")
+		}
+		fmt.Fprintf(w, "erasure   tenant %s subject %s: %s\n", e.Tenant, e.Subject, state)
+		fmt.Fprintf(w, "  request   %s seq %d by %s (verified %v)\n", e.Request.ID, e.Request.Seq, e.Request.Actor, e.Request.Verified)
+		for _, a := range e.Approvals {
+			fmt.Fprintf(w, "  approval  %s seq %d by %s (verified %v)\n", a.ID, a.Seq, a.Actor, a.Verified)
+		}
+		fmt.Fprintf(w, "  manifest  %s seq %d (verified %v): %d receipts' selective values erased\n", e.Manifest.ID, e.Manifest.Seq, e.Manifest.Verified, e.ErasedReceipts)
+		for _, k := range e.ShreddedKeys {
+			fmt.Fprintf(w, "  key       %d destroyed %v by %s\n", k.KeyID, k.Destroyed, k.ShreddedBy)
+		}
+	}
 	for _, a := range rep.Anchors {
 		fmt.Fprintf(w, "anchor    tenant %s after seq %d (prev_hash %s) at partition %d offset %d\n", a.Tenant, a.Seq, a.PrevHash, a.Partition, a.Offset)
 	}

@@ -835,7 +835,6 @@ func (p *Projector) sweepErasures(ctx context.Context) error {
 	return nil
 }
 
-
 type seqKey struct {
 	tenant string
 	seq    int64

@@ -232,6 +232,10 @@ type ReplayReport struct {
 	Unchecked          int64 `json:"unchecked"`          // receipts of a tenant after its chain broke
 	Tenants            int   `json:"tenants"`
 
+	// Erasures is the lineage of every purge manifest in scope (request →
+	// approvals → manifest → shredded keys), checked against the keystore.
+	Erasures []ErasureLineage `json:"erasures"`
+
 	// Anchors are the tenants whose chain was anchored at a receipt after
 	// seq 1 (partial ranges only).
 	Anchors []ChainAnchor `json:"anchors,omitempty"`
@@ -354,7 +358,19 @@ func (d *ReplayDiff) Empty() bool {
 }
 
 // OK reports whether the replay verified and found no difference.
-func (r *ReplayReport) OK() bool { return r.Verified() && (r.Diff == nil || r.Diff.Empty()) }
+func (r *ReplayReport) OK() bool {
+	return r.Verified() && (r.Diff == nil || r.Diff.Empty()) && r.ErasuresComplete()
+}
+
+// ErasuresComplete reports whether every erasure lineage checked out.
+func (r *ReplayReport) ErasuresComplete() bool {
+	for _, e := range r.Erasures {
+		if !e.Complete {
+			return false
+		}
+	}
+	return true
+}
 
 // maxCheckpointsPerTenant bounds the checkpoints whose roots are recomputed
 // per tenant (the newest in range): a ledger signs one every interval.
@@ -388,6 +404,9 @@ func Replay(ctx context.Context, cfg ReplayConfig) (*ReplayReport, error) {
 		r.rep.KeyIDs = append(r.rep.KeyIDs, k.KeyID)
 	}
 	err := r.run(ctx)
+	if err == nil && !cfg.VerifyOnly {
+		r.rep.Erasures, err = r.erasureLineages(ctx)
+	}
 	r.rep.FinishedAt = time.Now().UTC()
 	r.rep.ElapsedSeconds = r.rep.FinishedAt.Sub(r.rep.StartedAt).Seconds()
 	if err != nil {
