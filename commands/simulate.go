@@ -14,6 +14,7 @@ import (
 	"github.com/twmb/franz-go/pkg/kgo"
 
 	"github.com/companyos/companyos/events"
+	"github.com/companyos/companyos/policy"
 )
 
 // Simulation (blast radius): replay the commands recorded in the event log
@@ -44,6 +45,10 @@ type SimulationReport struct {
 	// older than Since (they still rebuild state).
 	Skipped   int64          `json:"skipped"`
 	Unchanged int64          `json:"unchanged"`
+	// FailedClosed counts evaluations of the candidate that timed out or
+	// errored (a deny by fail-closed, not a policy change); they are not
+	// counted as changes.
+	FailedClosed int64 `json:"failed_closed"`
 	Changed   int64          `json:"changed"`
 	Groups    []ChangeGroup  `json:"groups"`
 	ByAction  map[string]int `json:"changed_by_action"`
@@ -146,6 +151,7 @@ func Simulate(ctx context.Context, cfg SimulateConfig) (SimulationReport, error)
 			rep.Evaluated += local.Evaluated
 			rep.Skipped += local.Skipped
 			rep.Unchanged += local.Unchanged
+			rep.FailedClosed += local.FailedClosed
 			rep.Changed += local.Changed
 			for a, c := range local.ByAction {
 				rep.ByAction[a] += c
@@ -200,6 +206,10 @@ func simulateOne(ctx context.Context, cfg SimulateConfig, st *TenantState, rc ev
 	p := Principal{ID: rc.Principal.ID, Roles: rc.Principal.Roles, MFA: rc.Principal.MFA, AuthTime: rc.Principal.AuthTime}
 	d := cfg.Candidate.Decide(ctx, PolicyInput(st, p, cmd, payload, rc.CreatedAt))
 	rep.Evaluated++
+	if len(d.Rationale) == 1 && d.Rationale[0].Rule == policy.FailClosedRule {
+		rep.FailedClosed++
+		return
+	}
 	to := events.DecisionDeny
 	if d.Allow {
 		to = events.DecisionAllow

@@ -17,6 +17,7 @@ import (
 	"flag"
 	"fmt"
 	"io"
+	"io/fs"
 	"log/slog"
 	mrand "math/rand/v2"
 	"net/http"
@@ -33,6 +34,7 @@ import (
 	"github.com/companyos/companyos/commands"
 	"github.com/companyos/companyos/events"
 	"github.com/companyos/companyos/policy"
+	"github.com/companyos/companyos/schemas"
 )
 
 func main() {
@@ -144,8 +146,11 @@ func simulate(ctx context.Context, n int) {
 	check(events.EnsureTopics(ctx, cl, events.TopicsConfig{Partitions: 6}))
 	_, key, _ := ed25519.GenerateKey(rand.Reader)
 	signer := events.NewSigner(key)
-	engine, _ := policy.Default(ctx)
-	version := engine.Version()
+	live, _ := policy.Default(ctx)
+	version := live.Version()
+	// The simulation uses the tools' generous timeout, like the CLI.
+	engine, err := policy.New(ctx, policy.Config{Bundle: policyBundle(), Timeout: policy.ToolTimeout})
+	check(err)
 
 	const tenants = 60
 	start := time.Now()
@@ -214,8 +219,8 @@ func simulate(ctx context.Context, n int) {
 
 	rep, err := commands.Simulate(ctx, commands.SimulateConfig{Brokers: b.Addrs(), Candidate: policy.NewReloadable(engine, policy.ReloadableConfig{})})
 	check(err)
-	fmt.Printf("simulation: %d receipts read, %d evaluated, %d changed in %.1fs (%.0f receipts/s)\n",
-		rep.Receipts, rep.Evaluated, rep.Changed, rep.Seconds, float64(rep.Receipts)/rep.Seconds)
+	fmt.Printf("simulation: %d receipts read, %d evaluated, %d changed, %d failed closed in %.1fs (%.0f receipts/s)\n",
+		rep.Receipts, rep.Evaluated, rep.Changed, rep.FailedClosed, rep.Seconds, float64(rep.Receipts)/rep.Seconds)
 }
 
 func preflight(url, token string, n int) {
@@ -245,4 +250,10 @@ func check(err error) {
 		fmt.Fprintln(os.Stderr, "policybench:", err)
 		os.Exit(1)
 	}
+}
+
+func policyBundle() fs.FS {
+	b, err := fs.Sub(schemas.Policy, "policy")
+	check(err)
+	return b
 }

@@ -64,7 +64,9 @@ Flags (each also COMPANYOS_<NAME>):
 	}
 	ctx, stop := signal.NotifyContext(ctx, os.Interrupt, syscall.SIGTERM)
 	defer stop()
-	engine, err := policy.New(ctx, policy.Config{Bundle: os.DirFS(*bundle)})
+	// A generous bound: a busy machine must not turn slow evaluations into
+	// "changed" decisions (fail closed) in the report.
+	engine, err := policy.New(ctx, policy.Config{Bundle: os.DirFS(*bundle), Timeout: policy.ToolTimeout})
 	if err != nil {
 		fmt.Fprintf(stderr, "companyos policy simulate: --bundle %s: %v\n", *bundle, err)
 		return 2
@@ -109,7 +111,11 @@ func printSimulation(w io.Writer, rep commands.SimulationReport) {
 	}
 	fmt.Fprintf(w, "\n  %d receipts read, %d decisions re-evaluated, %d skipped (system receipts, no recorded principal, outside the window) in %.1fs\n",
 		rep.Receipts, rep.Evaluated, rep.Skipped, rep.Seconds)
-	fmt.Fprintf(w, "  %d unchanged, %d would change\n", rep.Unchanged, rep.Changed)
+	fmt.Fprintf(w, "  %d unchanged, %d would change", rep.Unchanged, rep.Changed)
+	if rep.FailedClosed > 0 {
+		fmt.Fprintf(w, ", %d evaluations failed closed (timeout or error; not counted as changes)", rep.FailedClosed)
+	}
+	fmt.Fprintln(w)
 	for _, g := range rep.Groups {
 		rules := g.Rules
 		if rules == "" {
