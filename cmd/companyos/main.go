@@ -38,6 +38,8 @@ Commands:
   fixture   generated data through the real paths: fixture graph (company graph), fixture metering (usage + prices)
   loadgen   graph query load against a running server (p50/p95/p99, server graph_query_ms)
   policy    policy bundle tools: test (scenario matrix), coverage, docs, simulate (blast radius)
+  export    an evidence bundle (tar.gz) of a tenant's receipts for a period, with proofs and keys
+  verify    verify an evidence bundle offline: signatures, chain, Merkle proofs, checkpoints, manifest
   replay    audit replay: re-read the log, re-verify it, rebuild the ledger in a shadow schema and diff
   evidence  the content-addressed evidence store: stats, compact, get
   dlq       the dead-letter topic: list, show, replay
@@ -75,6 +77,14 @@ func run(args []string, stdout, stderr io.Writer) int {
 		return runPolicy(context.Background(), args[1:], stdout, stderr)
 	case "replay":
 		return runReplay(context.Background(), args[1:], stdout, stderr)
+	case "export":
+		if err := runExport(context.Background(), args[1:], stdout, stderr); err != nil {
+			fmt.Fprintln(stderr, "companyos export:", err)
+			return 1
+		}
+		return 0
+	case "verify":
+		return runVerify(context.Background(), args[1:], stdout, stderr)
 	case "evidence":
 		return runEvidence(context.Background(), args[1:], stdout, stderr)
 	case "dlq":

@@ -35,6 +35,8 @@ func TestCLIHelp(t *testing.T) {
 		{[]string{"dlq", "replay", "--help"}, "dlq replay"},
 		{[]string{"finops", "report", "--help"}, "finops report"},
 		{[]string{"replay", "--help"}, "replay"},
+		{[]string{"export", "--help"}, "export"},
+		{[]string{"verify", "--help"}, "verify"},
 		{[]string{"migrate", "--help"}, "clickhouse"},
 	} {
 		code, stdout, stderr := runCLI(t, 10*time.Second, tc.args...)
