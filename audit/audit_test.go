@@ -2,7 +2,6 @@ package audit
 
 import (
 	"bytes"
-	"os"
 	"testing"
 	"time"
 )
@@ -24,15 +23,5 @@ func TestExportDeterministic(t *testing.T) {
 	b2, _ := e.export("acme", t0, t0.Add(24*time.Hour), nil)
 	if !bytes.Equal(b1, b2) {
 		t.Fatalf("two exports differ: %d and %d bytes", len(b1), len(b2))
-	}
-}
-
-func TestDumpBundle(t *testing.T) {
-	if testing.Short() {
-		t.Skip()
-	}
-	_, b := standard(t)
-	if err := os.WriteFile(os.Getenv("AUDIT_DUMP"), b, 0o644); err != nil {
-		t.Skip(err)
 	}
 }

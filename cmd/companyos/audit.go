@@ -15,6 +15,8 @@ import (
 
 	"github.com/jackc/pgx/v5/pgxpool"
 
+	"github.com/companyos/companyos/evidence"
+
 	"github.com/companyos/companyos/audit"
 	"github.com/companyos/companyos/internal/keyfile"
 	"github.com/companyos/companyos/projections/ledger"
@@ -215,8 +217,23 @@ func runExport(ctx context.Context, args []string, stdout, stderr io.Writer) err
 				float64(done)/max(time.Since(started).Seconds(), 1e-9))
 		}
 	}
+	// Each receipt's evidence (its command bytes, named by evidence_hash)
+	// comes from the evidence store; the verifier re-hashes every blob.
+	ev, err := evidence.New(evidence.Config{Pool: pool})
+	if err != nil {
+		return err
+	}
+	defer ev.Close()
+	evidenceOf := func(ctx context.Context, hash string) ([]byte, bool, error) {
+		b, err := ev.Get(ctx, hash)
+		if errors.Is(err, evidence.ErrNotFound) {
+			return nil, false, nil
+		}
+		return b, err == nil, err
+	}
 	res, err := audit.Export(ctx, audit.ExportConfig{Ledger: l, Tenant: tenant, From: from, To: to, Keys: ks, Out: w, Progress: progress,
-		GeneratedBy: "companyos " + version, SBOM: sbom, Attestations: attestations, CompressionLevel: level, TempDir: tempDir})
+		GeneratedBy: "companyos " + version, SBOM: sbom, Attestations: attestations, CompressionLevel: level, TempDir: tempDir,
+		Evidence: evidenceOf})
 	if tty {
 		fmt.Fprint(stderr, "\r\033[K")
 	}

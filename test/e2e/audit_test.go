@@ -1,6 +1,9 @@
 package e2e
 
 import (
+	"archive/tar"
+	"bytes"
+	"compress/gzip"
 	"context"
 	"encoding/json"
 	"fmt"
@@ -70,6 +73,25 @@ func TestExportVerifyReplayWithTheBinary(t *testing.T) {
 	bb, _ := os.ReadFile(b)
 	if len(ba) == 0 || string(ba) != string(bb) {
 		t.Fatalf("export is not deterministic: %d vs %d bytes", len(ba), len(bb))
+	}
+	// The bundle carries each receipt's evidence blob (re-hashed by verify).
+	gz, err := gzip.NewReader(bytes.NewReader(ba))
+	if err != nil {
+		t.Fatal(err)
+	}
+	tr := tar.NewReader(gz)
+	blobs := 0
+	for {
+		h, err := tr.Next()
+		if err != nil {
+			break
+		}
+		if strings.HasPrefix(h.Name, "evidence/") {
+			blobs++
+		}
+	}
+	if blobs != 20 {
+		t.Fatalf("bundle has %d evidence blobs, want 20", blobs)
 	}
 	code, stdout, stderr := runCLI(t, 2*time.Minute, "verify", "--bundle="+a, "--strict", "--json")
 	if code != 0 {
