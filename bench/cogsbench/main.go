@@ -7,6 +7,7 @@
 // error, anomalies found).
 //
 //	go run ./bench/cogsbench --tenants 20 --days 30 --seed 7
+//	go run ./bench/cogsbench --stream 1000000 --prefill 1000000   # live ingest's shape (stream.go)
 //
 // It needs a ClickHouse server (deploy/local/up.sh) and drops its database
 // at the end unless --keep.
@@ -88,6 +89,10 @@ func main() {
 	fs.DurationVar(&o.FlushInterval, "flush-interval", time.Second, "projector flush interval")
 	fs.BoolVar(&jsonOut, "json", false, "print the result as JSON")
 	cpuProfile := fs.String("cpuprofile", "", "write a CPU profile of the drain to this file")
+	stream := fs.Int("stream", 0, "instead of the fixture: this many events of the current hour (live ingest's shape, see stream.go)")
+	prefill := fs.Int("prefill", 0, "with --stream: first project this many events of the same hour, unmeasured")
+	streamTenants := fs.Int("stream-tenants", 8, "with --stream: tenants")
+	chPID := fs.Int("clickhouse-pid", 0, "with --stream: also report the ClickHouse server's CPU (Linux)")
 	_ = fs.Parse(os.Args[1:])
 	o.Partitions = int32(parts)
 	t, err := time.Parse("2006-01-02", start)
@@ -99,6 +104,26 @@ func main() {
 	o.CPUProfile = *cpuProfile
 	ctx, stop := signal.NotifyContext(context.Background(), os.Interrupt)
 	defer stop()
+	if *stream > 0 {
+		res, err := RunStream(ctx, StreamOptions{Events: *stream, Prefill: *prefill, Tenants: *streamTenants,
+			ClickHouseAddr: o.ClickHouseAddr, Database: o.Database, Keep: o.Keep, Partitions: o.Partitions,
+			BatchSize: o.BatchSize, FlushInterval: o.FlushInterval, CPUProfile: o.CPUProfile, ClickHousePID: *chPID}, os.Stderr)
+		if err != nil {
+			fmt.Fprintln(os.Stderr, "cogsbench:", err)
+			os.Exit(1)
+		}
+		if jsonOut {
+			enc := json.NewEncoder(os.Stdout)
+			enc.SetIndent("", "  ")
+			_ = enc.Encode(res)
+		} else {
+			PrintStream(os.Stdout, res)
+		}
+		if !res.Exact {
+			os.Exit(1)
+		}
+		return
+	}
 	res, err := Run(ctx, o, os.Stderr)
 	if err != nil {
 		fmt.Fprintln(os.Stderr, "cogsbench:", err)

@@ -9,6 +9,14 @@
 // like `companyos dev` (franz-go producer, linger 0, acks=all), so the
 // number is HTTP → Kafka acknowledgement. --serve runs only that stack (for
 // a client in another process, whose CPU is then measured apart).
+//
+// --e2e measures the whole path of a running `companyos dev` (or serve):
+// HTTP → Kafka → cogs projector → ClickHouse. It checks zero loss (events
+// accepted with a 202 against the run's distinct events in metering_events
+// and in usage_hourly_current, counts and exact sums), counts the DLQ
+// records produced during the run, and measures freshness: every
+// --sample-every'th event is a probe whose POST acknowledgement → visible in
+// ClickHouse latency is polled for (see e2e.go).
 // See bench/README.md for the recorded numbers.
 package main
 
@@ -54,6 +62,9 @@ Usage:
   meterload [flags]                        in-process stack: API + embedded Kafka
   meterload --serve --token-file F         only the stack; prints its URL
   meterload --url URL --token-file F       against a running server
+  meterload --e2e --url URL --token-file F --kafka-brokers B --clickhouse-database D
+                                           end to end against companyos dev:
+                                           HTTP → Kafka → ClickHouse (loss, DLQ, freshness)
 
 Open loop (--rate R > 0): a batch is scheduled every --batch/R seconds on a
 clock, whatever the responses do; latency counts from the scheduled time, so
@@ -79,6 +90,7 @@ type config struct {
 	duration, warmup        time.Duration
 	serverPID               int
 	cpuProfile              string
+	e2e                     e2eConfig
 }
 
 func run(ctx context.Context, args []string, stdout, stderr io.Writer) int {
@@ -99,6 +111,7 @@ func run(ctx context.Context, args []string, stdout, stderr io.Writer) int {
 	fs.IntVar(&c.serverPID, "server-pid", 0, "with --url: also report that process's CPU over the window (Linux)")
 	fs.BoolVar(&c.asJSON, "json", false, "print the summary as JSON")
 	fs.StringVar(&c.cpuProfile, "cpuprofile", "", "write a CPU profile of this process over the measured window")
+	c.e2e.flags(fs)
 	fs.Usage = func() { fmt.Fprint(stderr, usage); fs.PrintDefaults() }
 	if err := fs.Parse(args); err != nil {
 		if errors.Is(err, flag.ErrHelp) {
@@ -111,6 +124,12 @@ func run(ctx context.Context, args []string, stdout, stderr io.Writer) int {
 		return 2
 	}
 
+	if c.e2e.enabled {
+		if err := c.e2e.validate(c); err != nil {
+			fmt.Fprintln(stderr, "meterload:", err)
+			return 2
+		}
+	}
 	var token string
 	if c.url == "" {
 		st, err := startStack(ctx, c)
@@ -144,6 +163,9 @@ func run(ctx context.Context, args []string, stdout, stderr io.Writer) int {
 		token = strings.TrimSpace(string(raw))
 	}
 
+	if c.e2e.enabled {
+		return runE2E(ctx, c, token, stdout, stderr)
+	}
 	res := load(ctx, c, token)
 	if c.asJSON {
 		enc := json.NewEncoder(stdout)
@@ -327,6 +349,11 @@ type runner struct {
 	token  string
 	runID  string
 	seq    atomic.Uint64
+	// source of event n (default "//meterload/agent-<n%64>"); team, when
+	// set, is added as a tag. The e2e mode makes both unique to the run.
+	source func(n uint64) string
+	team   string
+	e2e    *e2eRun // nil unless --e2e
 
 	recording atomic.Bool
 	hist      loadgen.Histogram
@@ -348,10 +375,19 @@ type secondStats struct {
 }
 
 func load(ctx context.Context, c config, token string) *Result {
-	r := &runner{c: c, url: strings.TrimRight(c.url, "/") + "/v1/metering/events", token: token,
+	return loadWith(ctx, c, token, nil)
+}
+
+// loadWith runs the load; e (optional) is told about every accepted event.
+func loadWith(ctx context.Context, c config, token string, e *e2eRun) *Result {
+	r := &runner{c: c, url: strings.TrimRight(c.url, "/") + "/v1/metering/events", token: token, e2e: e,
+		source: func(n uint64) string { return "//meterload/agent-" + strconv.FormatUint(n%64, 10) },
 		client: &http.Client{Transport: loadgen.NewTransport(c.concurrency*2, 30*time.Second), Timeout: 60 * time.Second,
 			CheckRedirect: func(*http.Request, []*http.Request) error { return http.ErrUseLastResponse }},
 		runID: strconv.FormatInt(time.Now().UnixNano(), 36), status: map[string]int{}, perSec: map[int]*secondStats{}}
+	if e != nil {
+		r.runID, r.source, r.team = e.runID, e.source, e.team
+	}
 	total := c.warmup + c.duration
 	ctx, cancel := context.WithTimeout(ctx, total)
 	defer cancel()
@@ -440,7 +476,7 @@ func (r *runner) closedLoop(ctx context.Context) {
 		go func() {
 			defer wg.Done()
 			for ctx.Err() == nil {
-				r.do(ctx, time.Now())
+				r.do(r.requestContext(ctx), time.Now())
 			}
 		}()
 	}
@@ -477,13 +513,25 @@ func (r *runner) openLoop(ctx context.Context) time.Duration {
 		go func() {
 			defer wg.Done()
 			defer func() { <-slots }()
-			r.do(ctx, at)
+			r.do(r.requestContext(ctx), at)
 		}()
 	}
 }
 
-// body builds a batch of unique, valid events.
-func (r *runner) body() []byte {
+// requestContext is the context of one request. In e2e mode a request in
+// flight when the run ends is completed, not cut off: its events may already
+// be in Kafka, and the loss check must know whether they were accepted.
+func (r *runner) requestContext(ctx context.Context) context.Context {
+	if r.e2e != nil {
+		return context.WithoutCancel(ctx)
+	}
+	return ctx
+}
+
+// body builds a batch of unique, valid events and appends their sequence
+// numbers to ns. Event n has id <run>-<n>, tenant bench-<n%tenants> and
+// quantity <n%1000>.25.
+func (r *runner) body(ns []uint64) ([]byte, []uint64) {
 	var b bytes.Buffer
 	b.Grow(r.c.batch * 260)
 	now := time.Now().UTC().Format(time.RFC3339Nano)
@@ -492,6 +540,7 @@ func (r *runner) body() []byte {
 	}
 	for i := range r.c.batch {
 		n := r.seq.Add(1)
+		ns = append(ns, n)
 		if i > 0 {
 			b.WriteByte(',')
 		}
@@ -499,8 +548,8 @@ func (r *runner) body() []byte {
 		b.WriteString(r.runID)
 		b.WriteByte('-')
 		b.WriteString(strconv.FormatUint(n, 10))
-		b.WriteString(`","source":"//meterload/agent-`)
-		b.WriteString(strconv.FormatUint(n%64, 10))
+		b.WriteString(`","source":"`)
+		b.WriteString(r.source(n))
 		b.WriteString(`","type":"compute.cpu_seconds","subject":"bench-`)
 		b.WriteString(strconv.FormatUint(n%uint64(r.c.tenants), 10))
 		b.WriteString(`","time":"`)
@@ -509,16 +558,22 @@ func (r *runner) body() []byte {
 		b.WriteString(strconv.FormatUint(n%1000, 10))
 		b.WriteString(`.25","unit":"second","tags":{"service":"svc-`)
 		b.WriteString(strconv.FormatUint(n%16, 10))
-		b.WriteString(`","region":"eu-west-1"}}}`)
+		b.WriteString(`","region":"eu-west-1"`)
+		if r.team != "" {
+			b.WriteString(`,"team":"`)
+			b.WriteString(r.team)
+			b.WriteByte('"')
+		}
+		b.WriteString(`}}}`)
 	}
 	if r.c.batch > 1 {
 		b.WriteByte(']')
 	}
-	return b.Bytes()
+	return b.Bytes(), ns
 }
 
 func (r *runner) do(ctx context.Context, scheduled time.Time) {
-	body := r.body()
+	body, ns := r.body(make([]uint64, 0, r.c.batch))
 	req, err := http.NewRequestWithContext(ctx, http.MethodPost, r.url, bytes.NewReader(body))
 	if err != nil {
 		return
@@ -541,8 +596,10 @@ func (r *runner) do(ctx context.Context, scheduled time.Time) {
 		}
 		return // cut off by the end of the run: neither a result nor an error
 	}
+	acked := time.Now()
 	status, accepted := "", 0
 	var detail string
+	known := false // whether each event of the request was produced is known
 	if err != nil {
 		status, detail = "transport error", err.Error()
 	} else {
@@ -552,19 +609,27 @@ func (r *runner) do(ctx context.Context, scheduled time.Time) {
 		if resp.StatusCode == http.StatusAccepted {
 			var ir struct {
 				Accepted []struct {
+					Index     int  `json:"index"`
 					Duplicate bool `json:"duplicate"`
 				} `json:"accepted"`
 			}
 			if json.Unmarshal(raw, &ir) == nil {
+				known = true // rejected items were never produced
 				for _, a := range ir.Accepted {
 					if !a.Duplicate {
 						accepted++
+						if r.e2e != nil && a.Index >= 0 && a.Index < len(ns) {
+							r.e2e.accepted(ns[a.Index], scheduled, acked, r.c.tenants)
+						}
 					}
 				}
 			}
 		} else {
 			detail = string(raw)
 		}
+	}
+	if r.e2e != nil && !known {
+		r.e2e.unknown.Add(uint64(len(ns)))
 	}
 	if !r.recording.Load() {
 		return

@@ -1,9 +1,11 @@
 package cogs
 
 import (
+	"bytes"
 	"errors"
 	"fmt"
 	"math/big"
+	"strconv"
 	"strings"
 )
 
@@ -43,6 +45,22 @@ func parseFixed(s string, scale, maxInt int) (*big.Int, error) {
 	if t := strings.TrimLeft(intPart, "0"); len(t) > maxInt {
 		return nil, fmt.Errorf("%w: %q has more than %d integer digits", errNotDecimal, orig, maxInt)
 	}
+	if len(intPart)+scale <= 18 { // fits an int64: no string building, no parsing
+		var n int64
+		for i := 0; i < len(intPart); i++ {
+			n = n*10 + int64(intPart[i]-'0')
+		}
+		for i := 0; i < scale; i++ {
+			n *= 10
+			if i < len(frac) {
+				n += int64(frac[i] - '0')
+			}
+		}
+		if neg {
+			n = -n
+		}
+		return big.NewInt(n), nil
+	}
 	v, ok := new(big.Int).SetString(intPart+frac+strings.Repeat("0", scale-len(frac)), 10)
 	if !ok {
 		return nil, fmt.Errorf("%w: %q", errNotDecimal, orig)
@@ -65,6 +83,34 @@ func allDigits(s string) bool {
 // formatFixed prints v / 10^scale as a plain decimal without trailing
 // fractional zeros ("12.5", "-0.25", "7").
 func formatFixed(v *big.Int, scale int) string {
+	if v.IsInt64() && scale <= 40 { // most values: no big.Int arithmetic, two allocations fewer
+		n := v.Int64()
+		u := uint64(n)
+		if n < 0 {
+			u = uint64(-n) // also right for math.MinInt64
+		}
+		var db [20]byte
+		digits := strconv.AppendUint(db[:0], u, 10)
+		var pb [64]byte
+		padded := pb[:0]
+		for i := len(digits); i <= scale; i++ {
+			padded = append(padded, '0')
+		}
+		padded = append(padded, digits...)
+		intPart := padded[:len(padded)-scale]
+		frac := bytes.TrimRight(padded[len(padded)-scale:], "0")
+		var ob [66]byte
+		out := ob[:0]
+		if n < 0 {
+			out = append(out, '-')
+		}
+		out = append(out, intPart...)
+		if len(frac) > 0 {
+			out = append(out, '.')
+			out = append(out, frac...)
+		}
+		return string(out)
+	}
 	neg := v.Sign() < 0
 	digits := new(big.Int).Abs(v).String()
 	if len(digits) <= scale {

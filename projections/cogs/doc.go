@@ -30,6 +30,21 @@
 //     — a producer bug; the ingest API drops ids it has seen within its dedupe
 //     window — counts as another event.)
 //
+//     The look-up is answered from memory where it can be (keyindex.go).
+//     For every (tenant, hour) a batch touches, the projector holds the
+//     64-bit fingerprints of all keys stored in that range of
+//     metering_events: read from ClickHouse (which computes the same
+//     fingerprint) the first time, extended after each successful insert of
+//     events, dropped when an insert returns an error (it may or may not
+//     have been stored; the next attempt reads the range again) and after
+//     the range was idle for MemoIdle. So the held set always contains the
+//     fingerprint of every stored key of the range, and a key whose
+//     fingerprint it lacks is not stored. Only keys whose fingerprint it
+//     holds — duplicates, records replayed after a crash, and 64-bit
+//     collisions — are looked up in ClickHouse, which decides as before. The
+//     decision is therefore exactly the one a look-up of every key would
+//     make, at a cost that no longer grows with the hour's size.
+//
 //  2. Hourly usage is idempotent. usage_hourly keeps one row per bucket
 //     (tenant, hour, service, region, team, meter, unit) and Kafka partition,
 //     with through_offset: the row includes exactly the counted events of
@@ -41,6 +56,10 @@
 //     row with the highest through_offset; readers take argMax(…,
 //     through_offset) and so never depend on merges. Re-running a flush, with
 //     the same or other batch boundaries, adds nothing already included.
+//     The current row of a bucket this run has read or written comes from
+//     memory: it is what ClickHouse holds, since the projector is the only
+//     writer of its database, memory changes only after a successful
+//     write, and an entry is dropped when a write returns an error.
 //
 //  3. Order of writes. A flush writes new events, then hourly rows, then
 //     prices, then the positions (per partition, the next offset that is
@@ -53,7 +72,10 @@
 //
 //  4. Offsets. The projector acks a message once it is in the in-memory
 //     batch, so batches can hold thousands of events even though wmkafka
-//     hands out one message per partition at a time. Its consumer groups are
+//     hands out one message per partition at a time. (Handlers run on a
+//     small pool of long-lived goroutines, warm.go, rather than on the
+//     goroutine watermill starts per message; that changes where, not
+//     whether or in which order, a message is handled.) Its consumer groups are
 //     per run and positioned from ClickHouse at start, so their Kafka commits
 //     never decide where consumption resumes: only positions written after
 //     the rows do.
@@ -63,9 +85,12 @@
 //
 // The limits of the argument: one projector per ClickHouse database (two
 // racing projectors could both count an event whose duplicate sits in
-// another partition), and a metering event's key must map to one partition
-// (records are keyed by tenant) for "earliest occurrence" to mean the same
-// to every replay.
+// another partition; and each would trust its memory of ranges and buckets
+// the other also writes), and a metering event's key must map to one
+// partition (records are keyed by tenant) for "earliest occurrence" to mean
+// the same to every replay. Memory: 11 to 21 bytes per stored event of the
+// hours that received events within MemoIdle — at 50,000 events/s into
+// one hour, 2 to 4 GB by the end of that hour.
 //
 // # ClickHouse 18.16
 //

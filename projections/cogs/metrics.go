@@ -23,6 +23,8 @@ type metrics struct {
 	flushSecs    prometheus.Histogram
 	stepSecs     *prometheus.HistogramVec
 	flushErrors  prometheus.Counter
+	keyIndex     prometheus.Gauge
+	keysLookedUp prometheus.Counter
 	anomalies    *prometheus.GaugeVec
 	anomalyRuns  *prometheus.CounterVec
 	anomalyLast  prometheus.Gauge
@@ -51,6 +53,10 @@ func newMetrics(reg prometheus.Registerer) (*metrics, error) {
 			Buckets: []float64{.001, .005, .01, .025, .05, .1, .25, .5, 1, 2.5, 5}}, []string{"step"}),
 		flushErrors: prometheus.NewCounter(prometheus.CounterOpts{Name: "cogs_flush_errors_total",
 			Help: "Failed flush attempts (each is retried; nothing is acknowledged as stored until one succeeds)."}),
+		keyIndex: prometheus.NewGauge(prometheus.GaugeOpts{Name: "cogs_key_index_fingerprints",
+			Help: "Fingerprints of stored events the projector holds in memory to skip ClickHouse look-ups of new events."}),
+		keysLookedUp: prometheus.NewCounter(prometheus.CounterOpts{Name: "cogs_key_lookups_total",
+			Help: "Event keys looked up in ClickHouse because their fingerprint was held (duplicates, replays, fingerprint collisions)."}),
 		anomalies: prometheus.NewGaugeVec(prometheus.GaugeOpts{Name: "cogs_anomalies",
 			Help: "Days within the lookback window whose cost lies outside ±3σ of the tenant's 14-day baseline (anomalies_day.sql)."}, []string{"tenant", "direction"}),
 		anomalyRuns: prometheus.NewCounterVec(prometheus.CounterOpts{Name: "cogs_anomaly_checks_total",
@@ -70,6 +76,8 @@ func newMetrics(reg prometheus.Registerer) (*metrics, error) {
 	m.flushSecs = register(reg, m.flushSecs, &errs)
 	m.stepSecs = register(reg, m.stepSecs, &errs)
 	m.flushErrors = register(reg, m.flushErrors, &errs)
+	m.keyIndex = register(reg, m.keyIndex, &errs)
+	m.keysLookedUp = register(reg, m.keysLookedUp, &errs)
 	m.anomalies = register(reg, m.anomalies, &errs)
 	m.anomalyRuns = register(reg, m.anomalyRuns, &errs)
 	m.anomalyLast = register(reg, m.anomalyLast, &errs)

@@ -6,6 +6,7 @@ import (
 	"fmt"
 	"log/slog"
 	"math/big"
+	"runtime"
 	"sort"
 	"strconv"
 	"sync"
@@ -79,6 +80,16 @@ type Config struct {
 	// FlushTimeout bounds one flush attempt and the final flush at shutdown
 	// (optional, default 30s).
 	FlushTimeout time.Duration
+	// MemoIdle is how long the projector keeps in memory the fingerprints
+	// of the stored events of a (tenant, hour) after it last projected an
+	// event of that hour; the next one reads them again from ClickHouse
+	// (optional, default 15m). They spare every flush a look-up of its
+	// events in ClickHouse (keyindex.go), at 11 to 21 bytes per event held.
+	MemoIdle time.Duration
+	// MemoMaxEvents bounds those fingerprints: past it, the hours the
+	// latest flush did not touch are dropped (optional, default 1<<25,
+	// about 0.5 GB). The hours a flush touches are always held.
+	MemoMaxEvents int
 	// AnomalyInterval is how often anomalies_day.sql runs to refresh the
 	// cogs_anomalies gauge (optional, default 5m; negative disables; no
 	// effect without Registerer).
@@ -110,8 +121,8 @@ func (c Config) Validate() error {
 	if c.MaxBuffered < 0 || c.MaxBuffered > 0 && c.MaxBuffered < c.BatchSize {
 		errs = append(errs, errors.New("cogs projector: max buffered must be at least the batch size"))
 	}
-	if c.FlushInterval < 0 || c.FlushTimeout < 0 || c.AnomalyLookback < 0 {
-		errs = append(errs, errors.New("cogs projector: flush interval, flush timeout and anomaly lookback must not be negative"))
+	if c.FlushInterval < 0 || c.FlushTimeout < 0 || c.AnomalyLookback < 0 || c.MemoIdle < 0 || c.MemoMaxEvents < 0 {
+		errs = append(errs, errors.New("cogs projector: flush interval, flush timeout, memo idle time and size and anomaly lookback must not be negative"))
 	}
 	return errors.Join(errs...)
 }
@@ -138,6 +149,12 @@ func (c *Config) setDefaults() error {
 	}
 	if c.FlushTimeout == 0 {
 		c.FlushTimeout = 30 * time.Second
+	}
+	if c.MemoIdle == 0 {
+		c.MemoIdle = 15 * time.Minute
+	}
+	if c.MemoMaxEvents == 0 {
+		c.MemoMaxEvents = 1 << 25
 	}
 	if c.AnomalyInterval == 0 {
 		c.AnomalyInterval = 5 * time.Minute
@@ -184,6 +201,11 @@ type Projector struct {
 	runID string
 	buf   *buffer
 
+	parser  *eventParser
+	fpSQL   string      // fingerprintSQL (tests weaken it, with parser.fp)
+	keys    *keyIndex   // used by the flusher only
+	buckets *bucketMemo // used by the flusher only
+
 	clusterID string
 	ready     atomic.Bool
 
@@ -194,6 +216,10 @@ type Projector struct {
 	// test hooks, called inside a flush; an error simulates a crash there.
 	afterEvents     func() error // after metering_events, before usage_hourly
 	beforePositions func() error // after every row, before the positions
+	// afterWrite, called after metering_events ("events") and usage_hourly
+	// ("buckets") were written, can report a failure of a write that
+	// happened (as a lost acknowledgement would); the flush is retried.
+	afterWrite func(step string) error
 }
 
 type msgPos struct {
@@ -221,6 +247,10 @@ func NewProjector(cfg Config) (*Projector, error) {
 		m:        m,
 		runID:    strconv.FormatInt(time.Now().UnixNano(), 36),
 		buf:      newBuffer(cfg.BatchSize, cfg.MaxBuffered),
+		parser:   newEventParser(cfg.Rules),
+		fpSQL:    fingerprintSQL,
+		keys:     newKeyIndex(cfg.MemoIdle, cfg.MemoMaxEvents, fingerprintSQL),
+		buckets:  newBucketMemo(),
 		attempts: map[msgPos]int{},
 		poisoned: map[msgPos]string{},
 	}, nil
@@ -256,6 +286,8 @@ func (p *Projector) Run(ctx context.Context) (err error) {
 	}
 	p.runID = strconv.FormatInt(time.Now().UnixNano(), 36)
 	p.buf = newBuffer(p.cfg.BatchSize, p.cfg.MaxBuffered)
+	p.keys = newKeyIndex(p.cfg.MemoIdle, p.cfg.MemoMaxEvents, p.fpSQL)
+	p.buckets = newBucketMemo()
 	p.mu.Lock()
 	p.attempts, p.poisoned = map[msgPos]int{}, map[msgPos]string{}
 	p.mu.Unlock()
@@ -299,9 +331,11 @@ func (p *Projector) Run(ctx context.Context) (err error) {
 		return err
 	}
 	mh := router.AddConsumerHandler("cogs-metering", events.TopicMetering, meterSub, p.handleMetering)
-	mh.AddMiddleware(p.track, poisonMW, p.guard)
+	warm := newWarmPool(max(4, 2*runtime.GOMAXPROCS(0)))
+	defer warm.close() // after the router stopped: no handler runs
+	mh.AddMiddleware(warm.middleware, p.track, poisonMW, p.guard)
 	ph := router.AddConsumerHandler("cogs-prices", events.TopicEvents, priceSub, p.handlePrices)
-	ph.AddMiddleware(p.track, poisonMW, p.guard)
+	ph.AddMiddleware(warm.middleware, p.track, poisonMW, p.guard)
 
 	rctx, stopRouter := context.WithCancel(ctx)
 	defer stopRouter()
@@ -427,18 +461,34 @@ func sourceKey(_ string, msg *message.Message) []byte {
 	return k
 }
 
-func posOf(msg *message.Message) msgPos {
+// recordCtxKey carries a message's recordOf, set by track (the outermost
+// middleware): the record's position and key are then one context look-up
+// away instead of one walk through the router's context chain each.
+type recordCtxKey struct{}
+
+type recordOf struct {
+	pos msgPos
+	key []byte
+}
+
+func readRecord(msg *message.Message) recordOf {
 	ctx := msg.Context()
+	if r, ok := ctx.Value(recordCtxKey{}).(*recordOf); ok {
+		return *r
+	}
 	topic, _ := wmkafka.MessageTopicFromCtx(ctx)
 	part, _ := wmkafka.MessagePartitionFromCtx(ctx)
 	off, _ := wmkafka.MessagePartitionOffsetFromCtx(ctx)
-	return msgPos{topic: topic, partition: part, offset: off}
+	key, _ := wmkafka.MessageKeyFromCtx(ctx)
+	return recordOf{pos: msgPos{topic: topic, partition: part, offset: off}, key: key}
 }
 
+func posOf(msg *message.Message) msgPos { return readRecord(msg).pos }
+
 func (p *Projector) handleMetering(msg *message.Message) error {
-	mp := posOf(msg)
-	key, _ := wmkafka.MessageKeyFromCtx(msg.Context())
-	row, err := parseEvent(p.cfg.Rules, msg.Payload, key, position{mp.partition, mp.offset})
+	rec := readRecord(msg)
+	mp := rec.pos
+	row, err := p.parser.parse(msg.Payload, rec.key, position{mp.partition, mp.offset})
 	if err != nil {
 		return err
 	}
@@ -495,13 +545,15 @@ func (p *Projector) guard(h message.HandlerFunc) message.HandlerFunc {
 	}
 }
 
-// track is the outermost middleware: once a message is handled (buffered,
+// track is the outermost middleware but warm's: once a message is handled (buffered,
 // ignored, or safely in the DLQ) it advances the partition's position in
 // the current batch, just before the router acks it.
 func (p *Projector) track(h message.HandlerFunc) message.HandlerFunc {
 	return func(msg *message.Message) ([]*message.Message, error) {
+		rec := readRecord(msg)
+		msg.SetContext(context.WithValue(msg.Context(), recordCtxKey{}, &rec))
 		out, err := h(msg)
-		mp := posOf(msg)
+		mp := rec.pos
 		p.mu.Lock()
 		reason, dlqd := p.poisoned[mp]
 		delete(p.poisoned, mp)
@@ -608,6 +660,10 @@ func (p *Projector) flush(b *batch) error {
 	p.m.unattributed.WithLabelValues("tenant").Add(float64(st.unattributedTenant))
 	p.m.unattributed.WithLabelValues("service").Add(float64(st.unattributedService))
 	p.m.prices.Add(float64(len(b.prices)))
+	p.m.keysLookedUp.Add(float64(st.lookedUp))
+	p.keys.evict(time.Now())
+	p.buckets.evict(time.Now())
+	p.m.keyIndex.Set(float64(p.keys.size()))
 	p.log.Debug("cogs flush", "events", len(b.rows), "accepted", st.accepted, "duplicates", st.duplicates,
 		"buckets", st.buckets, "prices", len(b.prices), "took", time.Since(start).Round(time.Millisecond))
 	return nil
@@ -615,6 +671,7 @@ func (p *Projector) flush(b *batch) error {
 
 type writeStats struct {
 	accepted, duplicates                    int
+	lookedUp                                int // keys looked up in ClickHouse
 	unattributedTenant, unattributedService int
 	buckets                                 int
 	steps                                   []stepTime
@@ -641,18 +698,26 @@ func (p *Projector) write(ctx context.Context, b *batch) (writeStats, error) {
 	var st writeStats
 	mark := time.Now()
 	if len(b.rows) > 0 {
-		byKey := map[eventKey][]*eventRow{}
-		var keys []eventKey
+		byKey := make(map[eventKey][]*eventRow, len(b.rows))
+		keys := make([]eventKey, 0, len(b.rows))
+		fps := make([]uint64, 0, len(b.rows))
 		for _, r := range b.rows {
 			if _, ok := byKey[r.key]; !ok {
 				keys = append(keys, r.key)
+				fps = append(fps, r.fp)
 			}
 			byKey[r.key] = append(byKey[r.key], r)
 		}
-		stored, err := p.store.storedOccurrences(ctx, keys)
+		// Only keys the index cannot rule out are looked up in ClickHouse.
+		maybe, err := p.keys.candidates(ctx, p.store, keys, fps, time.Now())
 		if err != nil {
 			return st, err
 		}
+		stored, err := p.store.storedOccurrences(ctx, maybe)
+		if err != nil {
+			return st, err
+		}
+		st.lookedUp = len(maybe)
 		st.step("lookup", &mark)
 		var counted, fresh []*eventRow
 		for _, k := range keys {
@@ -695,9 +760,15 @@ func (p *Projector) write(ctx context.Context, b *batch) (writeStats, error) {
 				st.unattributedService++
 			}
 		}
-		if err := p.store.insertEvents(ctx, fresh); err != nil {
+		err = p.store.insertEvents(ctx, fresh)
+		if err == nil && p.afterWrite != nil {
+			err = p.afterWrite("events")
+		}
+		if err != nil {
+			p.keys.forget(fresh) // stored or not: the next attempt reads them back
 			return st, err
 		}
+		p.keys.add(fresh)
 		st.step("events", &mark)
 		if p.afterEvents != nil {
 			if err := p.afterEvents(); err != nil {
@@ -741,16 +812,31 @@ func (p *Projector) addToBuckets(ctx context.Context, b *batch, counted []*event
 		through[r.pos.partition] = max(through[r.pos.partition], r.pos.offset+1)
 	}
 	byBucket := map[bucketKey][]*eventRow{}
-	want := map[bucketKey]bool{}
 	for _, r := range counted {
 		k := bucketKey{tenant: r.key.tenant, hour: r.hour.Unix(), service: r.tags.Service, region: r.tags.Region,
 			team: r.tags.Team, meter: r.meter, unit: r.unit, partition: r.pos.partition}
 		byBucket[k] = append(byBucket[k], r)
-		want[k] = true
 	}
-	current, err := p.store.buckets(ctx, want)
-	if err != nil {
-		return 0, err
+	// The current row of each bucket: from memory if held, else from ClickHouse.
+	now := time.Now()
+	current := make(map[bucketKey]bucketState, len(byBucket))
+	missing := map[bucketKey]bool{}
+	for k := range byBucket {
+		if cur, ok := p.buckets.get(k); ok {
+			current[k] = cur
+		} else {
+			missing[k] = true
+		}
+	}
+	if len(missing) > 0 {
+		read, err := p.store.buckets(ctx, missing)
+		if err != nil {
+			return 0, err
+		}
+		for k := range missing {
+			current[k] = read[k]
+			p.buckets.put(k, read[k], now)
+		}
 	}
 	st.step("buckets_read", mark)
 	updates := map[bucketKey]bucketState{}
@@ -773,8 +859,16 @@ func (p *Projector) addToBuckets(ctx context.Context, b *batch, counted []*event
 			updates[k] = bucketState{quantity: q, events: events, through: through[k.partition]}
 		}
 	}
-	if err := p.store.insertBuckets(ctx, updates); err != nil {
+	err := p.store.insertBuckets(ctx, updates)
+	if err == nil && p.afterWrite != nil {
+		err = p.afterWrite("buckets")
+	}
+	if err != nil {
+		p.buckets.forget(updates) // written or not: the next attempt reads them back
 		return 0, err
+	}
+	for k, s := range updates {
+		p.buckets.put(k, s, now)
 	}
 	st.step("buckets_write", mark)
 	return len(updates), nil

@@ -68,6 +68,9 @@ func (s *store) insertEvents(ctx context.Context, rs []*eventRow) error {
 		return fmt.Errorf("cogs: insert events: %w", err)
 	}
 	defer b.Abort() //nolint:errcheck // no-op after Send
+	// Row by row: measured against batch.Column(i).Append of typed slices,
+	// this costs less CPU (the driver appends arrays by reflection either
+	// way, and the column slices are extra copies).
 	now := time.Now().UTC().Truncate(time.Second)
 	for _, r := range rs {
 		if err := b.Append(r.key.tenant, r.key.source, r.key.id, r.hour, r.time, r.nanos, r.meter, r.unit,
